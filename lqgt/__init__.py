@@ -1,0 +1,31 @@
+"""lqgt: LQG control and learned estimators in one batched torch closed loop."""
+
+from . import errors, plants
+from .errors import LqgtError
+from .estimators import Estimator, KalmanFilter, LinearObserver, OpenLoopObserver
+from .lqg import LQGDesign, lqg, lqg_cost
+from .plant import Plant
+from .riccati import dare, dlqe, dlqr
+from .simulate import DivergenceWarning, SimulationResult, simulate
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Plant",
+    "dare",
+    "dlqr",
+    "dlqe",
+    "lqg",
+    "lqg_cost",
+    "LQGDesign",
+    "KalmanFilter",
+    "LinearObserver",
+    "OpenLoopObserver",
+    "Estimator",
+    "simulate",
+    "SimulationResult",
+    "DivergenceWarning",
+    "LqgtError",
+    "errors",
+    "plants",
+]

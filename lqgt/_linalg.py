@@ -1,0 +1,192 @@
+"""Numerics hygiene in one place: input checks, symmetrisation, PSD square roots.
+
+Every public entry point of lqgt converts its matrices through :func:`as_matrix` and
+checks covariances and weights through :func:`check_psd`, so that bad input fails early
+with an error naming the matrix, never deep inside scipy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .errors import (
+    NonFiniteError,
+    NotDetectableError,
+    NotPositiveDefiniteError,
+    NotStabilizableError,
+    NotSymmetricError,
+    ShapeError,
+)
+
+#: Relative tolerance used for symmetry and definiteness checks.
+SYM_RTOL = 1e-8
+#: A mode with ``|lambda| >= 1 - STAB_TOL`` counts as not asymptotically stable.
+STAB_TOL = 1e-9
+
+
+def as_matrix(name: str, M: Any, shape: tuple[int | None, int | None] | None = None) -> np.ndarray:
+    """Convert ``M`` to a finite float64 2-D array, checking its shape.
+
+    Parameters
+    ----------
+    name : str
+        Name of the matrix, used in error messages.
+    M : array_like
+        The matrix. A scalar becomes ``(1, 1)``; a 1-D array is refused unless
+        ``shape`` says one of its dimensions is 1, in which case it is reshaped.
+    shape : tuple of (int or None), optional
+        Expected shape; ``None`` entries are free.
+
+    Returns
+    -------
+    numpy.ndarray
+        The matrix, float64, C-contiguous copy.
+
+    Raises
+    ------
+    ShapeError
+        If the shape is wrong (the message names both shapes).
+    NonFiniteError
+        If ``M`` has NaN or infinite entries.
+    """
+    try:
+        arr = np.array(M, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ShapeError(f"{name} must be a numeric matrix: {exc}") from None
+    if arr.ndim == 0:
+        arr = arr.reshape(1, 1)
+    elif arr.ndim == 1:
+        if shape is not None and shape[0] == 1:
+            arr = arr.reshape(1, -1)
+        elif shape is not None and shape[1] == 1:
+            arr = arr.reshape(-1, 1)
+        else:
+            raise ShapeError(
+                f"{name} must be a 2-D matrix, got a 1-D array of shape {arr.shape}; "
+                f"reshape it explicitly (e.g. {name}.reshape(-1, 1) for a column)"
+            )
+    elif arr.ndim > 2:
+        raise ShapeError(f"{name} must be a 2-D matrix, got shape {arr.shape}")
+    if shape is not None:
+        for k, want in enumerate(shape):
+            if want is not None and arr.shape[k] != want:
+                expected = tuple("·" if s is None else s for s in shape)
+                raise ShapeError(f"{name} has shape {arr.shape}, expected {expected}")
+    if not np.all(np.isfinite(arr)):
+        raise NonFiniteError(f"{name} contains NaN or infinite entries")
+    return np.ascontiguousarray(arr)
+
+
+def as_vector(name: str, v: Any, n: int) -> np.ndarray:
+    """Convert ``v`` to a finite float64 vector of length ``n`` (``(n,)`` or ``(n, 1)`` accepted)."""
+    arr = np.array(v, dtype=np.float64)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim == 0 and n == 1:
+        arr = arr.reshape(1)
+    if arr.shape != (n,):
+        raise ShapeError(f"{name} has shape {arr.shape}, expected ({n},)")
+    if not np.all(np.isfinite(arr)):
+        raise NonFiniteError(f"{name} contains NaN or infinite entries")
+    return arr
+
+
+def symmetrize(M: np.ndarray) -> np.ndarray:
+    """Return ``(M + M') / 2``."""
+    return 0.5 * (M + M.T)
+
+
+def check_psd(name: str, M: np.ndarray, *, strict: bool) -> np.ndarray:
+    """Check that a square matrix is symmetric and positive (semi)definite.
+
+    Parameters
+    ----------
+    name : str
+        Name used in error messages.
+    M : numpy.ndarray, shape (k, k)
+        The matrix (already converted by :func:`as_matrix`).
+    strict : bool
+        ``True`` requires positive definite (``V``, ``R``), ``False`` positive
+        semidefinite (``W``, ``Q``).
+
+    Returns
+    -------
+    numpy.ndarray
+        The symmetrised matrix.
+
+    Raises
+    ------
+    ShapeError, NotSymmetricError, NotPositiveDefiniteError
+    """
+    if M.shape[0] != M.shape[1]:
+        raise ShapeError(f"{name} must be square, got shape {M.shape}")
+    scale = max(1.0, float(np.abs(M).max())) if M.size else 1.0
+    asym = float(np.abs(M - M.T).max()) if M.size else 0.0
+    if asym > SYM_RTOL * scale:
+        raise NotSymmetricError(f"{name} must be symmetric (max |{name} - {name}'| = {asym:.3g})")
+    M = symmetrize(M)
+    lam_min = float(np.min(np.linalg.eigvalsh(M))) if M.size else 0.0
+    if strict and lam_min <= SYM_RTOL * scale * 1e-4:
+        raise NotPositiveDefiniteError(
+            f"{name} must be positive definite (smallest eigenvalue {lam_min:.3g})"
+        )
+    if not strict and lam_min < -SYM_RTOL * scale:
+        raise NotPositiveDefiniteError(
+            f"{name} must be positive semidefinite (smallest eigenvalue {lam_min:.3g})"
+        )
+    return M
+
+
+def psd_sqrt(M: np.ndarray) -> np.ndarray:
+    """Return a factor ``F`` with ``F F' = M`` for a symmetric PSD matrix (eigen-decomposition).
+
+    Works for singular ``M`` (where a Cholesky factor would fail).
+    """
+    lam, U = np.linalg.eigh(symmetrize(M))
+    return U * np.sqrt(np.clip(lam, 0.0, None))
+
+
+def spectral_radius(A: np.ndarray) -> float:
+    """Largest eigenvalue modulus of ``A``."""
+    return float(np.max(np.abs(np.linalg.eigvals(A)))) if A.size else 0.0
+
+
+def _uncontrollable_unstable_modes(A: np.ndarray, B: np.ndarray) -> list[complex]:
+    """Eigenvalues ``lam`` of ``A`` with ``|lam| >= 1`` for which ``[A - lam I, B]`` loses rank (PBH)."""
+    n = A.shape[0]
+    bad: list[complex] = []
+    eigs = np.linalg.eigvals(A)
+    unstable = eigs[np.abs(eigs) >= 1.0 - STAB_TOL]
+    if unstable.size == 0:
+        return bad
+    scale = max(1.0, float(np.abs(A).max()), float(np.abs(B).max()) if B.size else 0.0)
+    for lam in unstable:
+        pbh = np.hstack([A - lam * np.eye(n), B])
+        sv = np.linalg.svd(pbh, compute_uv=False)
+        if sv[n - 1] <= 1e-9 * scale:
+            bad.append(complex(lam))
+    return bad
+
+
+def check_stabilizable(A: np.ndarray, B: np.ndarray, names: tuple[str, str] = ("A", "B")) -> None:
+    """Raise :class:`NotStabilizableError` if ``(A, B)`` is not stabilizable (PBH test, discrete time)."""
+    bad = _uncontrollable_unstable_modes(A, B)
+    if bad:
+        modes = ", ".join(f"{z:.4g}" for z in bad)
+        raise NotStabilizableError(
+            f"({names[0]}, {names[1]}) is not stabilizable: the mode(s) {modes} with "
+            f"|lambda| >= 1 cannot be reached through {names[1]}"
+        )
+
+
+def check_detectable(A: np.ndarray, C: np.ndarray, names: tuple[str, str] = ("A", "C")) -> None:
+    """Raise :class:`NotDetectableError` if ``(A, C)`` is not detectable (PBH test, discrete time)."""
+    bad = _uncontrollable_unstable_modes(A.T, C.T)
+    if bad:
+        modes = ", ".join(f"{z:.4g}" for z in bad)
+        raise NotDetectableError(
+            f"({names[0]}, {names[1]}) is not detectable: the mode(s) {modes} with "
+            f"|lambda| >= 1 are not seen through {names[1]}"
+        )

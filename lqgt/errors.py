@@ -1,0 +1,56 @@
+"""Exception types raised by lqgt.
+
+Every error that bad input can cause is a subclass of :class:`LqgtError`, which is
+itself a :class:`ValueError`, so ``except ValueError`` catches all of them. The
+message always names the matrix (or argument) and the condition that failed.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "LqgtError",
+    "ShapeError",
+    "NonFiniteError",
+    "NotSymmetricError",
+    "NotPositiveDefiniteError",
+    "NotStabilizableError",
+    "NotDetectableError",
+    "RiccatiError",
+    "ConfigError",
+]
+
+
+class LqgtError(ValueError):
+    """Base class of every input error raised by lqgt."""
+
+
+class ShapeError(LqgtError):
+    """A matrix or signal has the wrong shape."""
+
+
+class NonFiniteError(LqgtError):
+    """A matrix or signal contains NaN or infinity."""
+
+
+class NotSymmetricError(LqgtError):
+    """A matrix that must be symmetric (a covariance or a weight) is not."""
+
+
+class NotPositiveDefiniteError(LqgtError):
+    """A matrix that must be positive (semi)definite is not."""
+
+
+class NotStabilizableError(LqgtError):
+    """The pair (A, B) (or (A, W^{1/2})) has an unstable mode that the input cannot reach."""
+
+
+class NotDetectableError(LqgtError):
+    """The pair (A, C) (or (Q^{1/2}, A)) has an unstable mode that the output cannot see."""
+
+
+class RiccatiError(LqgtError):
+    """A Riccati equation has no stabilizing solution, or no solver reached one."""
+
+
+class ConfigError(LqgtError):
+    """An option or configuration value is not one of the allowed values."""

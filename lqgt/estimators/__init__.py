@@ -1,0 +1,6 @@
+"""Pluggable state estimators (see :mod:`lqgt.estimators.base` for the protocol)."""
+
+from .base import Estimator, check_estimator
+from .kalman import KalmanFilter, LinearObserver, OpenLoopObserver
+
+__all__ = ["Estimator", "check_estimator", "KalmanFilter", "LinearObserver", "OpenLoopObserver"]

@@ -1,0 +1,65 @@
+"""The estimator protocol: what the closed-loop simulator asks of a state estimator.
+
+An estimator is any object with these members (no base class needed)::
+
+    form: str                      # "predictor" or "current"
+    n: int                         # state dimension of its estimate
+    init(batch, *, device, dtype) -> (state, x_hat0)
+    step(state, y, u)            -> (state, x_hat)
+
+All tensors are batch-first: ``y`` is ``(B, p)``, ``u`` is ``(B, m)``, ``x_hat`` is
+``(B, n)``. ``state`` is whatever the estimator needs (tensors, tuples, a step counter);
+the simulator only passes it back. Timing, for step ``t`` of the loop:
+
+* ``form == "predictor"``: the control ``u[t]`` is computed from the estimate returned
+  by the previous call (``x̂[t|t-1]``; at ``t = 0`` the ``x_hat0`` of ``init``, normally
+  the plant's ``m0``). Then ``step(state, y[t], u[t])`` returns ``x̂[t+1|t]``.
+* ``form == "current"``: ``step(state, y[t], u[t-1])`` (``u[-1] = 0``) returns
+  ``x̂[t|t]``, from which ``u[t]`` is computed. ``x_hat0`` of ``init`` is the prior mean.
+
+In words: each call consumes the newest measurement and the newest input already
+applied, and returns the estimate the controller uses next.
+
+Optional member: ``linear_gain() -> (gain, model) | None``. An estimator that is a
+fixed-gain linear observer of ``model`` (a :class:`lqgt.Plant`) returns its gain (the
+predictor gain ``L`` in predictor form, the filter gain ``Lf`` in current form); the
+simulator then runs the whole loop as one fused linear recursion (same result, faster).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from ..closed_loop import FORMS
+from ..errors import ConfigError
+
+__all__ = ["Estimator", "check_estimator"]
+
+
+@runtime_checkable
+class Estimator(Protocol):
+    """Structural type of a state estimator (see the module docstring for the timing)."""
+
+    form: str
+    n: int
+
+    def init(self, batch: int, *, device: torch.device, dtype: torch.dtype) -> tuple[Any, torch.Tensor]:
+        """Return the state for ``batch`` trajectories and the initial estimate ``(batch, n)``."""
+        ...
+
+    def step(self, state: Any, y: torch.Tensor, u: torch.Tensor) -> tuple[Any, torch.Tensor]:
+        """Consume ``y`` ``(B, p)`` and ``u`` ``(B, m)``; return the new state and estimate ``(B, n)``."""
+        ...
+
+
+def check_estimator(name: str, est: Any, n: int) -> None:
+    """Raise :class:`~lqgt.errors.ConfigError` if ``est`` does not follow the protocol."""
+    for attr in ("form", "n", "init", "step"):
+        if not hasattr(est, attr):
+            raise ConfigError(f"estimator {name!r} ({type(est).__name__}) has no attribute {attr!r}; see lqgt.estimators.base")
+    if est.form not in FORMS:
+        raise ConfigError(f"estimator {name!r} has form={est.form!r}; must be one of {FORMS}")
+    if est.n != n:
+        raise ConfigError(f"estimator {name!r} estimates n={est.n} states but the plant has n={n}")
