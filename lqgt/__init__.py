@@ -2,10 +2,11 @@
 
 from . import errors, plants
 from .errors import LqgtError
-from .estimators import Estimator, KalmanFilter, LinearObserver, OpenLoopObserver
+from .estimators import Estimator, KalmanFilter, LinearObserver, OpenLoopObserver, TransformerFilter, TransformerFilterAttention
 from .lqg import LQGDesign, lqg, lqg_cost
 from .plant import Plant
 from .riccati import dare, dlqe, dlqr
+from .sweep import BetaSweep, beta_sweep
 from .simulate import DivergenceWarning, SimulationResult, simulate
 
 __version__ = "0.1.0"
@@ -21,6 +22,10 @@ __all__ = [
     "KalmanFilter",
     "LinearObserver",
     "OpenLoopObserver",
+    "TransformerFilter",
+    "TransformerFilterAttention",
+    "beta_sweep",
+    "BetaSweep",
     "Estimator",
     "simulate",
     "SimulationResult",

@@ -2,5 +2,7 @@
 
 from .base import Estimator, check_estimator
 from .kalman import KalmanFilter, LinearObserver, OpenLoopObserver
+from .transformer import TransformerFilter, TransformerFilterAttention, quadratic_embedding
 
-__all__ = ["Estimator", "check_estimator", "KalmanFilter", "LinearObserver", "OpenLoopObserver"]
+__all__ = ["Estimator", "check_estimator", "KalmanFilter", "LinearObserver", "OpenLoopObserver",
+           "TransformerFilter", "TransformerFilterAttention", "quadratic_embedding"]

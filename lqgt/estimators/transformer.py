@@ -1,0 +1,530 @@
+"""The Transformer Filter (Goel & Bartlett, arXiv 2312.06937; SPEC §3).
+
+Tokens are the filter's own past estimates paired with measurements,
+``z[i] = [x̃[i]; y[i]]`` (with ``u[i]`` appended when the input is exogenous). One
+softmax attention step over the causal window ``i = max(0, t-H+1) … t``,
+
+    α[t, i]  = softmax_i( -β ‖z[t] - z[i]‖²_S )
+    x̃[t+1]   = Σ_i α[t, i] M z[i]
+
+with ``M = [A - LC, L, B - LD]`` (exogenous input) or ``M = [A - BK - LC + LDK, L]``
+(closed loop ``u = -K x̃``), ``L`` the Kalman predictor gain. ``x̃[0] = m0``. As β → ∞
+the self-token takes all the weight and ``x̃`` is the Kalman predictor; β = 0 gives the
+window mean. Two implementations compute the same thing:
+
+* ``impl="kernel"``: the Gaussian-kernel (Nadaraya–Watson) form on whitened tokens, with
+  (B, H, ·) ring buffers; O(B·H·d) per step, never builds the quadratic embedding.
+* ``impl="attention"``: a real causal self-attention block
+  (:class:`TransformerFilterAttention`, an ``nn.Module`` with ``W_q``, ``W_k``, ``W_v``
+  acting on ``φ(z) = [1; z; vec(z z')]``) with a key/value cache.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._linalg import as_matrix, check_psd, spectral_radius
+from .._torch import resolve_dtype, tensor
+from ..errors import ConfigError, NonFiniteError, NotPositiveDefiniteError, ShapeError
+from ..plant import Plant
+from ..riccati import dlqe
+
+__all__ = ["TransformerFilter", "TransformerFilterAttention", "quadratic_embedding"]
+
+IMPLS = ("kernel", "attention")
+
+
+def quadratic_embedding(z: torch.Tensor) -> torch.Tensor:
+    """The feature map ``φ(z) = [1; z; vec(z z')]``.
+
+    Parameters
+    ----------
+    z : torch.Tensor, shape (..., d)
+        Tokens.
+
+    Returns
+    -------
+    torch.Tensor, shape (..., 1 + d + d²)
+        Embedded tokens (``vec`` is row-major).
+    """
+    one = torch.ones(z.shape[:-1] + (1,), dtype=z.dtype, device=z.device)
+    quad = (z.unsqueeze(-1) * z.unsqueeze(-2)).flatten(-2)
+    return torch.cat([one, z, quad], dim=-1)
+
+
+class TransformerFilterAttention(nn.Module):
+    """One causally-masked softmax self-attention block on the quadratic embedding.
+
+    With the construction of :meth:`from_construction`,
+    ``q[t]·k[i] = β (2 z[t]'S z[i] - z[i]'S z[i])`` and ``v[i] = M z[i]``, so the block
+    equals the Gaussian-kernel smoother of the Transformer Filter. The weights are
+    ordinary ``nn.Linear`` layers (no bias) and can be trained.
+
+    Parameters
+    ----------
+    d : int
+        Token dimension.
+    n : int
+        Output (state) dimension.
+    window : int
+        Attention window ``H`` (each query sees the last ``H`` tokens, itself included).
+    """
+
+    def __init__(self, d: int, n: int, window: int) -> None:
+        super().__init__()
+        self.d, self.n, self.window = int(d), int(n), int(window)
+        e = 1 + self.d + self.d * self.d
+        self.W_q = nn.Linear(e, 1 + self.d, bias=False)
+        self.W_k = nn.Linear(e, 1 + self.d, bias=False)
+        self.W_v = nn.Linear(e, self.n, bias=False)
+
+    @classmethod
+    def from_construction(cls, M: np.ndarray, S: np.ndarray, beta: float, window: int, *, dtype=torch.float64) -> "TransformerFilterAttention":
+        """Build the block whose attention equals the kernel smoother (SPEC §3).
+
+        Parameters
+        ----------
+        M : numpy.ndarray, shape (n, d)
+            Value map, ``v[i] = M z[i]``.
+        S : numpy.ndarray, shape (d, d)
+            Distance weight (symmetric positive definite).
+        beta : float
+            Temperature β ≥ 0.
+        window : int
+            Attention window ``H``.
+        dtype : torch.dtype
+            Parameter dtype.
+
+        Returns
+        -------
+        TransformerFilterAttention
+        """
+        n, d = M.shape
+        blk = cls(d, n, window).to(dtype)
+        e = 1 + d + d * d
+        Wq = np.zeros((1 + d, e))
+        Wq[0, 0] = -beta                     # q = β [-1; 2 S z]
+        Wq[1:, 1:1 + d] = 2.0 * beta * S
+        Wk = np.zeros((1 + d, e))
+        Wk[0, 1 + d:] = S.reshape(-1)        # k = [z'Sz; z]  (vec(S)·vec(zz') = z'Sz)
+        Wk[1:, 1:1 + d] = np.eye(d)
+        Wv = np.zeros((n, e))
+        Wv[:, 1:1 + d] = M                   # v = M z
+        with torch.no_grad():
+            for lin, W in ((blk.W_q, Wq), (blk.W_k, Wk), (blk.W_v, Wv)):
+                lin.weight.copy_(torch.as_tensor(W, dtype=dtype))
+        return blk
+
+    def project(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values of tokens ``z`` ``(..., d)``: shapes ``(..., 1+d)``, ``(..., 1+d)``, ``(..., n)``."""
+        phi = quadratic_embedding(z)
+        return self.W_q(phi), self.W_k(phi), self.W_v(phi)
+
+    @staticmethod
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Softmax attention with max-subtraction.
+
+        Parameters
+        ----------
+        q : torch.Tensor, shape (B, Tq, e)
+            Queries.
+        k : torch.Tensor, shape (B, Tk, e)
+            Keys.
+        v : torch.Tensor, shape (B, Tk, n)
+            Values.
+        mask : torch.Tensor of bool, shape (Tq, Tk) or (B, Tq, Tk), optional
+            ``True`` where a key may be attended to.
+
+        Returns
+        -------
+        out : torch.Tensor, shape (B, Tq, n)
+        weights : torch.Tensor, shape (B, Tq, Tk)
+        """
+        logits = q @ k.transpose(-1, -2)
+        if mask is not None:
+            logits = logits.masked_fill(~mask, -math.inf)
+        logits = logits - logits.amax(dim=-1, keepdim=True)
+        w = torch.exp(logits)
+        w = w / w.sum(dim=-1, keepdim=True)
+        return w @ v, w
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Causal windowed self-attention over a token sequence.
+
+        Parameters
+        ----------
+        z : torch.Tensor, shape (B, T, d)
+            Tokens ``z[0] … z[T-1]``.
+
+        Returns
+        -------
+        out : torch.Tensor, shape (B, T, n)
+            ``out[:, t] = Σ_i α[t, i] v[i]`` over ``i = max(0, t-H+1) … t`` (the next estimate).
+        weights : torch.Tensor, shape (B, T, T)
+            The attention weights ``α[t, i]`` (zero outside the window).
+        """
+        q, k, v = self.project(z)
+        T = z.shape[-2]
+        idx = torch.arange(T, device=z.device)
+        lag = idx[:, None] - idx[None, :]
+        mask = (lag >= 0) & (lag < self.window)
+        return self.attend(q, k, v, mask)
+
+
+class TransformerFilter:
+    """The Transformer Filter: a softmax-attention state estimator with temperature β.
+
+    Parameters
+    ----------
+    plant : Plant
+        The model; its Kalman predictor gain ``L`` (from :func:`lqgt.dlqe`) defines ``M``.
+    beta : float
+        Temperature β ≥ 0 (larger: closer to the Kalman predictor).
+    window : int
+        History window ``H`` ≥ 1 (tokens ``max(0, t-H+1) … t``).
+    K : array_like, shape (m, n), optional
+        Closed-loop gain. Given: the filter assumes ``u = -K x̃`` (the paper's controller),
+        tokens are ``[x̃; y]`` and ``M = [A - BK - LC + LDK, L]``; the input passed to
+        :meth:`step` is then ignored. ``None`` (default): the input is exogenous, a token
+        component, and ``M = [A - LC, L, B - LD]``.
+    S : array_like of shape (d, d), or "whiten", optional
+        Distance weight (symmetric positive definite); identity by default. ``"whiten"``
+        uses ``diag(P^{-1}, (CPC' + V)^{-1})`` (and ``I`` for the input block).
+    impl : {"kernel", "attention"}
+        Fast Gaussian-kernel form, or the explicit attention block
+        (:class:`TransformerFilterAttention`).
+
+    Attributes
+    ----------
+    form : str
+        Always ``"predictor"``: the estimate returned by :meth:`step` is ``x̃[t+1]``.
+    M : numpy.ndarray, shape (n, d)
+        The value map.
+    L : numpy.ndarray, shape (n, p)
+        Kalman predictor gain.
+    S : numpy.ndarray, shape (d, d)
+        Distance weight.
+
+    Raises
+    ------
+    ConfigError
+        β < 0 or not finite, window < 1, unknown ``impl``.
+    ShapeError, NonFiniteError, NotPositiveDefiniteError
+        Bad ``K`` or ``S``.
+
+    Notes
+    -----
+    Start-up: at step ``t < H`` the window holds the ``t + 1`` tokens ``0 … t``;
+    ``x̃[0] = m0`` (the plant's initial mean). In :func:`lqgt.simulate`,
+    ``res.x_hat[name][:, t]`` is ``x̃[t]``, the estimate ``u[t]`` was computed from.
+    """
+
+    form = "predictor"
+
+    def __init__(self, plant: Plant, beta: float = 50.0, window: int = 32, K=None, S=None, impl: str = "kernel") -> None:
+        if not isinstance(plant, Plant):
+            raise ConfigError(f"plant must be an lqgt.Plant, got {type(plant).__name__}")
+        beta = _check_beta(beta)
+        window = _check_window(window)
+        if impl not in IMPLS:
+            raise ConfigError(f"impl must be one of {IMPLS}, got {impl!r}")
+        self.plant, self.beta, self.window, self.impl = plant, beta, window, impl
+        self.n = plant.n
+        L, P, _ = dlqe(plant.A, plant.C, plant.W, plant.V)
+        self.L, self.P = L, P
+        self.M, self.K = _value_map(plant, L, K)
+        self.closed_loop = self.K is not None
+        self.d = self.M.shape[1]
+        self.S = _distance_weight(S, plant, P, self.d)
+        self._S_chol = np.linalg.cholesky(self.S).T  # R with R'R = S: ‖z‖²_S = ‖R z‖²
+
+    def __repr__(self) -> str:
+        mode = "closed-loop" if self.closed_loop else "exogenous-u"
+        return f"TransformerFilter(beta={self.beta:g}, window={self.window}, {mode}, impl={self.impl!r})"
+
+    # ------------------------------------------------------------------ certificate
+    def error_bound(self) -> float:
+        """Certified ``sup_t ‖x̃[t] - x̂[t]‖`` versus the Kalman predictor (SPEC §3).
+
+        ``ε(β) = (Σ_k ‖F^k‖) (H - 1) ‖M S^{-1/2}‖ / sqrt(2 e β)`` with ``F = A - LC``
+        (exogenous input) or, in closed loop, the estimate block of the powers of the
+        closed-loop matrix ``[[A, -BK], [LC, A - BK - LC]]`` (the TF and the Kalman loop
+        then drive different plant trajectories on the same noise).
+
+        Returns
+        -------
+        float
+            The bound (``0`` for ``H = 1``, ``inf`` for β = 0 with ``H > 1`` or an
+            unstable error recursion).
+        """
+        return _error_bound(self.plant, self.L, self.K, self.M, self.S, self.window, self.beta)
+
+    @classmethod
+    def beta_for(cls, plant: Plant, eps: float, window: int = 32, K=None, S=None) -> float:
+        """Smallest β whose certificate :meth:`error_bound` equals ``eps``.
+
+        ``β(ε) = ((Σ_k ‖F^k‖)(H - 1)‖M S^{-1/2}‖)² / (2 e ε²)``.
+
+        Parameters
+        ----------
+        plant : Plant
+            The model.
+        eps : float
+            Required uniform error bound (> 0).
+        window : int
+            History window ``H``.
+        K : array_like, shape (m, n), optional
+            Closed-loop gain (as in the constructor).
+        S : array_like or "whiten", optional
+            Distance weight (as in the constructor).
+
+        Returns
+        -------
+        float
+            β ≥ 0 (``0`` when ``H = 1``).
+        """
+        if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+            raise ConfigError(f"eps must be a positive finite number, got {eps!r}")
+        tf = cls(plant, beta=1.0, window=window, K=K, S=S)
+        c = tf.error_bound() * math.sqrt(2.0 * math.e)  # ε(β) = c / sqrt(2 e β) with β = 1
+        return (c / eps) ** 2 / (2.0 * math.e)
+
+    # ------------------------------------------------------------------ estimator protocol
+    def init(self, batch: int, *, device: torch.device, dtype: torch.dtype) -> tuple[Any, torch.Tensor]:
+        """Return the state (empty window) and ``x̃[0] = m0`` repeated ``(batch, n)``.
+
+        Parameters
+        ----------
+        batch : int
+            Number of trajectories ``B``.
+        device : torch.device
+            Device of the buffers.
+        dtype : torch.dtype
+            Floating dtype.
+
+        Returns
+        -------
+        state : tuple
+            Ring buffers and the step counter.
+        x_hat0 : torch.Tensor, shape (B, n)
+        """
+        dtype = resolve_dtype(dtype)
+        x0 = tensor(self.plant.m0, device, dtype).expand(batch, -1).clone()
+        H, n = self.window, self.n
+        if self.impl == "kernel":
+            Mt = tensor(self.M.T, device, dtype)
+            Rt = tensor(self._S_chol.T, device, dtype)
+            keys = torch.zeros(batch, H, self.d, device=device, dtype=dtype)
+            params = (Rt, Mt)
+        else:
+            blk = self.attention_module(dtype=dtype).to(device).requires_grad_(False)
+            keys = torch.zeros(batch, H, 1 + self.d, device=device, dtype=dtype)
+            params = (blk,)
+        values = torch.zeros(batch, H, n, device=device, dtype=dtype)
+        return (x0, keys, values, 0, params), x0
+
+    def step(self, state, y: torch.Tensor, u: torch.Tensor) -> tuple[Any, torch.Tensor]:
+        """Append the token ``[x̃[t]; y[t] (; u[t])]`` and attend: return ``x̃[t+1]``.
+
+        Parameters
+        ----------
+        state : tuple
+            From :meth:`init` or the previous call.
+        y : torch.Tensor, shape (B, p)
+            Measurement ``y[t]``.
+        u : torch.Tensor, shape (B, m)
+            Input ``u[t]`` (ignored in closed-loop mode, where ``u = -K x̃`` is assumed).
+
+        Returns
+        -------
+        state : tuple
+        x_hat : torch.Tensor, shape (B, n)
+            ``x̃[t+1]``.
+        """
+        x, keys, values, t, params = state
+        x_next, _ = self._attend(x, keys, values, t, params, y, u)
+        return (x_next, keys, values, t + 1, params), x_next
+
+    def _attend(self, x, keys, values, t, params, y, u):
+        z = torch.cat([x, y] if self.closed_loop else [x, y, u], dim=-1)
+        H = self.window
+        slot = t % H
+        if self.impl == "kernel":
+            Rt, Mt = params
+            kz = z @ Rt
+            keys[:, slot] = kz
+            values[:, slot] = z @ Mt
+            diff = keys - kz.unsqueeze(1)
+            logits = (diff * diff).sum(-1).mul_(-self.beta)  # ≤ 0, self-token = 0 (the max)
+        else:
+            (blk,) = params
+            q, k, v = blk.project(z)
+            keys[:, slot] = k
+            values[:, slot] = v
+            logits = (keys @ q.unsqueeze(-1)).squeeze(-1)
+        if t + 1 < H:  # slots not yet written
+            logits[:, t + 1:] = -math.inf
+        if self.impl == "attention":
+            logits = logits - logits.amax(dim=-1, keepdim=True)
+        w = torch.softmax(logits, dim=-1)
+        x_next = (w.unsqueeze(1) @ values).squeeze(1)
+        return x_next, w
+
+    def attention_module(self, dtype: torch.dtype = torch.float64) -> TransformerFilterAttention:
+        """The explicit attention block (``nn.Module``) built by the construction of SPEC §3.
+
+        Parameters
+        ----------
+        dtype : torch.dtype
+            Parameter dtype.
+
+        Returns
+        -------
+        TransformerFilterAttention
+        """
+        return TransformerFilterAttention.from_construction(self.M, self.S, self.beta, self.window, dtype=dtype)
+
+    # ------------------------------------------------------------------ analysis
+    def run(self, y, u=None, *, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Filter measurement sequences and return estimates and attention weights.
+
+        Parameters
+        ----------
+        y : array_like or torch.Tensor, shape (T, p) or (B, T, p)
+            Measurements (e.g. ``res.y[name]`` of a simulation).
+        u : array_like or torch.Tensor, shape (T, m) or (B, T, m), optional
+            Inputs; required for an exogenous-input filter, ignored in closed-loop mode.
+        dtype : torch.dtype, optional
+            Float64 by default.
+
+        Returns
+        -------
+        x_hat : torch.Tensor, shape (B, T + 1, n) (or (T + 1, n))
+            ``x̃[0] … x̃[T]``.
+        weights : torch.Tensor, shape (B, T, T) (or (T, T))
+            ``α[t, i]``, zero outside ``max(0, t-H+1) ≤ i ≤ t``.
+        """
+        dt = resolve_dtype(dtype)
+        y_t = torch.as_tensor(y).to(dtype=dt)
+        single = y_t.ndim == 2
+        if single:
+            y_t = y_t.unsqueeze(0)
+        if y_t.ndim != 3 or y_t.shape[-1] != self.plant.p:
+            raise ShapeError(f"y has shape {tuple(torch.as_tensor(y).shape)}, expected (T, {self.plant.p}) or (B, T, {self.plant.p})")
+        if not torch.isfinite(y_t).all():
+            raise NonFiniteError("y contains NaN or infinite entries")
+        B, T, _ = y_t.shape
+        dev = y_t.device
+        if u is None:
+            if not self.closed_loop:
+                raise ShapeError("u is required for a Transformer Filter with exogenous input (K=None)")
+            u_t = torch.zeros(B, T, self.plant.m, dtype=dt, device=dev)
+        else:
+            u_t = torch.as_tensor(u).to(dtype=dt, device=dev)
+            if u_t.ndim == 2:
+                u_t = u_t.unsqueeze(0)
+            if tuple(u_t.shape) != (B, T, self.plant.m):
+                raise ShapeError(f"u has shape {tuple(torch.as_tensor(u).shape)}, expected ({T}, {self.plant.m}) or ({B}, {T}, {self.plant.m})")
+        state, x = self.init(B, device=dev, dtype=dt)
+        xs = torch.empty(B, T + 1, self.n, dtype=dt, device=dev)
+        xs[:, 0] = x
+        weights = torch.zeros(B, T, T, dtype=dt, device=dev)
+        H = self.window
+        for t in range(T):
+            x, keys, values, tt, params = state
+            x_next, w = self._attend(x, keys, values, tt, params, y_t[:, t], u_t[:, t])
+            lo = max(0, t - H + 1)
+            times = torch.arange(lo, t + 1, device=dev)
+            weights[:, t, lo:t + 1] = w[:, times % H]
+            state = (x_next, keys, values, tt + 1, params)
+            xs[:, t + 1] = x_next
+        if single:
+            return xs[0], weights[0]
+        return xs, weights
+
+
+def _check_beta(beta) -> float:
+    try:
+        b = float(beta)
+    except (TypeError, ValueError):
+        raise ConfigError(f"beta must be a number, got {beta!r}") from None
+    if not math.isfinite(b) or b < 0:
+        raise ConfigError(f"beta must be a finite number >= 0, got {beta!r}")
+    return b
+
+
+def _check_window(window) -> int:
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
+        raise ConfigError(f"window must be an integer >= 1, got {window!r}")
+    return int(window)
+
+
+def _value_map(plant: Plant, L: np.ndarray, K) -> tuple[np.ndarray, np.ndarray | None]:
+    """``M`` of SPEC §3 (with the feedthrough ``D`` folded in) and the checked ``K``."""
+    A, B, C, D = plant.A, plant.B, plant.C, plant.D
+    if K is None:
+        return np.hstack([A - L @ C, L, B - L @ D]), None
+    K = as_matrix("K", K, (plant.m, plant.n))
+    return np.hstack([A - B @ K - L @ C + L @ D @ K, L]), K
+
+
+def _distance_weight(S, plant: Plant, P: np.ndarray, d: int) -> np.ndarray:
+    """Check ``S`` (or build the whitening) for tokens of dimension ``d``."""
+    if S is None:
+        return np.eye(d)
+    if isinstance(S, str):
+        if S != "whiten":
+            raise ConfigError(f"S must be a (d, d) matrix, None or 'whiten', got {S!r}")
+        lam = np.linalg.eigvalsh(P)
+        if lam.min() <= 1e-12 * max(1.0, lam.max()):
+            raise NotPositiveDefiniteError("S='whiten' needs a positive definite Kalman covariance P (it is singular here)")
+        Sy = plant.C @ P @ plant.C.T + plant.V
+        blocks = [np.linalg.inv(P), np.linalg.inv(Sy)]
+        if d > plant.n + plant.p:
+            blocks.append(np.eye(d - plant.n - plant.p))
+        Z = np.zeros((d, d))
+        i = 0
+        for blk in blocks:
+            k = blk.shape[0]
+            Z[i:i + k, i:i + k] = 0.5 * (blk + blk.T)
+            i += k
+        return Z
+    return check_psd("S", as_matrix("S", S, (d, d)), strict=True)
+
+
+def _sum_of_powers(F: np.ndarray, select: slice | None = None, max_terms: int = 200_000) -> float:
+    """``Σ_k ‖F^k[select, select]‖₂`` (the whole matrix when ``select`` is None); inf if it diverges."""
+    if spectral_radius(F) >= 1.0:
+        return math.inf
+    total, Fk = 0.0, np.eye(F.shape[0])
+    for _ in range(max_terms):
+        blk = Fk if select is None else Fk[select, select]
+        term = float(np.linalg.norm(blk, 2))
+        total += term
+        if float(np.linalg.norm(Fk, 2)) < 1e-17 * total:
+            return total
+        Fk = F @ Fk
+    return total
+
+
+def _error_bound(plant, L, K, M, S, window, beta) -> float:
+    if window == 1:
+        return 0.0
+    if beta == 0:
+        return math.inf
+    A, B, C = plant.A, plant.B, plant.C
+    n = plant.n
+    if K is None:
+        s = _sum_of_powers(A - L @ C)
+    else:
+        F = np.block([[A, -B @ K], [L @ C, A - B @ K - L @ C]])
+        s = _sum_of_powers(F, slice(n, 2 * n))
+    lam, U = np.linalg.eigh(S)
+    S_inv_half = (U / np.sqrt(lam)) @ U.T
+    gain = float(np.linalg.norm(M @ S_inv_half, 2))
+    return s * (window - 1) * gain / math.sqrt(2.0 * math.e * beta)
