@@ -25,6 +25,7 @@ import math
 from typing import Any
 
 import numpy as np
+import scipy.linalg
 import torch
 from torch import nn
 
@@ -198,6 +199,9 @@ class TransformerFilter:
     impl : {"kernel", "attention"}
         Fast Gaussian-kernel form, or the explicit attention block
         (:class:`TransformerFilterAttention`).
+    compile : bool
+        Run the per-step attention core through :func:`torch.compile` (worth it on a GPU
+        for large batches; the first call compiles, which takes tens of seconds).
 
     Attributes
     ----------
@@ -226,7 +230,8 @@ class TransformerFilter:
 
     form = "predictor"
 
-    def __init__(self, plant: Plant, beta: float = 50.0, window: int = 32, K=None, S=None, impl: str = "kernel") -> None:
+    def __init__(self, plant: Plant, beta: float = 50.0, window: int = 32, K=None, S=None, impl: str = "kernel",
+                 *, compile: bool = False) -> None:
         if not isinstance(plant, Plant):
             raise ConfigError(f"plant must be an lqgt.Plant, got {type(plant).__name__}")
         beta = _check_beta(beta)
@@ -242,6 +247,9 @@ class TransformerFilter:
         self.d = self.M.shape[1]
         self.S = _distance_weight(S, plant, P, self.d)
         self._S_chol = np.linalg.cholesky(self.S).T  # R with R'R = S: ‖z‖²_S = ‖R z‖²
+        self._M_Rinv = scipy.linalg.solve_triangular(self._S_chol, self.M.T, trans="T", lower=False).T
+        self.compile = bool(compile)
+        self._power_sum: float | None = None
 
     def __repr__(self) -> str:
         mode = "closed-loop" if self.closed_loop else "exogenous-u"
@@ -262,7 +270,13 @@ class TransformerFilter:
             The bound (``0`` for ``H = 1``, ``inf`` for β = 0 with ``H > 1`` or an
             unstable error recursion).
         """
-        return _error_bound(self.plant, self.L, self.K, self.M, self.S, self.window, self.beta)
+        if self.window == 1:
+            return 0.0
+        if self._power_sum is None:
+            self._power_sum = _bound_constant(self.plant, self.L, self.K, self.M, self.S)
+        if self.beta == 0:
+            return math.inf
+        return self._power_sum * (self.window - 1) / math.sqrt(2.0 * math.e * self.beta)
 
     @classmethod
     def beta_for(cls, plant: Plant, eps: float, window: int = 32, K=None, S=None) -> float:
@@ -309,24 +323,30 @@ class TransformerFilter:
 
         Returns
         -------
-        state : tuple
-            Ring buffers and the step counter.
+        state : _TFState
+            Time-major ring buffers ``(H, B, ·)`` and the step counter.
         x_hat0 : torch.Tensor, shape (B, n)
         """
         dtype = resolve_dtype(dtype)
         x0 = tensor(self.plant.m0, device, dtype).expand(batch, -1).clone()
-        H, n = self.window, self.n
+        H = self.window
+        # β beyond float32's range would become inf and give inf·0 on the self-token;
+        # 1e30 is already "infinite" for any token distance representable in float32.
+        beta = min(self.beta, 1e30) if dtype == torch.float32 else self.beta
         if self.impl == "kernel":
-            Mt = tensor(self.M.T, device, dtype)
-            Rt = tensor(self._S_chol.T, device, dtype)
-            keys = torch.zeros(batch, H, self.d, device=device, dtype=dtype)
-            params = (Rt, Mt)
+            # whitened keys R z (R'R = S); values M z = (M R^{-1}) (R z) need no buffer
+            keys = torch.zeros(H, batch, self.d, device=device, dtype=dtype)
+            params = (tensor(self._S_chol.T, device, dtype), tensor(self._M_Rinv.T, device, dtype), beta)
+            values = None
         else:
-            blk = self.attention_module(dtype=dtype).to(device).requires_grad_(False)
-            keys = torch.zeros(batch, H, 1 + self.d, device=device, dtype=dtype)
+            blk = TransformerFilterAttention.from_construction(self.M, self.S, beta, H, dtype=dtype)
+            blk = blk.to(device).requires_grad_(False)
+            keys = torch.zeros(H, batch, 1 + self.d, device=device, dtype=dtype)
+            values = torch.zeros(H, batch, self.n, device=device, dtype=dtype)
             params = (blk,)
-        values = torch.zeros(batch, H, n, device=device, dtype=dtype)
-        return (x0, keys, values, 0, params), x0
+        core = _compiled(self.impl) if self.compile else (_kernel_core if self.impl == "kernel" else _attention_core)
+        masks = _StartupMasks(H, device, dtype)
+        return (x0, keys, values, 0, params, core, masks), x0
 
     def step(self, state, y: torch.Tensor, u: torch.Tensor) -> tuple[Any, torch.Tensor]:
         """Append the token ``[x̃[t]; y[t] (; u[t])]`` and attend: return ``x̃[t+1]``.
@@ -346,34 +366,22 @@ class TransformerFilter:
         x_hat : torch.Tensor, shape (B, n)
             ``x̃[t+1]``.
         """
-        x, keys, values, t, params = state
-        x_next, _ = self._attend(x, keys, values, t, params, y, u)
-        return (x_next, keys, values, t + 1, params), x_next
+        x_next, _, state = self._advance(state, y, u)
+        return state, x_next
 
-    def _attend(self, x, keys, values, t, params, y, u):
+    def _advance(self, state, y, u):
+        """One attention step: returns ``x̃[t+1]``, the weights ``(H, B)`` by ring slot, the new state."""
+        x, keys, values, t, params, core, masks = state
         z = torch.cat([x, y] if self.closed_loop else [x, y, u], dim=-1)
-        H = self.window
-        slot = t % H
+        slot, mask = masks.get(t)
         if self.impl == "kernel":
-            Rt, Mt = params
-            kz = z @ Rt
-            keys[:, slot] = kz
-            values[:, slot] = z @ Mt
-            diff = keys - kz.unsqueeze(1)
-            logits = (diff * diff).sum(-1).mul_(-self.beta)  # ≤ 0, self-token = 0 (the max)
+            Rt, MRt, beta = params
+            x_next, w = core(keys, z @ Rt, slot, mask, beta, MRt)
         else:
             (blk,) = params
             q, k, v = blk.project(z)
-            keys[:, slot] = k
-            values[:, slot] = v
-            logits = (keys @ q.unsqueeze(-1)).squeeze(-1)
-        if t + 1 < H:  # slots not yet written
-            logits[:, t + 1:] = -math.inf
-        if self.impl == "attention":
-            logits = logits - logits.amax(dim=-1, keepdim=True)
-        w = torch.softmax(logits, dim=-1)
-        x_next = (w.unsqueeze(1) @ values).squeeze(1)
-        return x_next, w
+            x_next, w = core(keys, values, q, k, v, slot, mask)
+        return x_next, w, (x_next, keys, values, t + 1, params, core, masks)
 
     def attention_module(self, dtype: torch.dtype = torch.float64) -> TransformerFilterAttention:
         """The explicit attention block (``nn.Module``) built by the construction of SPEC §3.
@@ -436,12 +444,10 @@ class TransformerFilter:
         weights = torch.zeros(B, T, T, dtype=dt, device=dev)
         H = self.window
         for t in range(T):
-            x, keys, values, tt, params = state
-            x_next, w = self._attend(x, keys, values, tt, params, y_t[:, t], u_t[:, t])
+            x_next, w, state = self._advance(state, y_t[:, t], u_t[:, t])
             lo = max(0, t - H + 1)
             times = torch.arange(lo, t + 1, device=dev)
-            weights[:, t, lo:t + 1] = w[:, times % H]
-            state = (x_next, keys, values, tt + 1, params)
+            weights[:, t, lo:t + 1] = w[times % H].T
             xs[:, t + 1] = x_next
         if single:
             return xs[0], weights[0]
@@ -449,10 +455,9 @@ class TransformerFilter:
 
 
 def _check_beta(beta) -> float:
-    try:
-        b = float(beta)
-    except (TypeError, ValueError):
-        raise ConfigError(f"beta must be a number, got {beta!r}") from None
+    if isinstance(beta, (bool, str)) or not isinstance(beta, (int, float, np.integer, np.floating)):
+        raise ConfigError(f"beta must be a real number, got {beta!r}")
+    b = float(beta)
     if not math.isfinite(b) or b < 0:
         raise ConfigError(f"beta must be a finite number >= 0, got {beta!r}")
     return b
@@ -503,20 +508,16 @@ def _sum_of_powers(F: np.ndarray, select: slice | None = None, max_terms: int = 
         return math.inf
     total, Fk = 0.0, np.eye(F.shape[0])
     for _ in range(max_terms):
-        blk = Fk if select is None else Fk[select, select]
-        term = float(np.linalg.norm(blk, 2))
-        total += term
-        if float(np.linalg.norm(Fk, 2)) < 1e-17 * total:
+        full = float(np.linalg.norm(Fk, 2))
+        total += full if select is None else float(np.linalg.norm(Fk[select, select], 2))
+        if full < 1e-17 * total:
             return total
         Fk = F @ Fk
     return total
 
 
-def _error_bound(plant, L, K, M, S, window, beta) -> float:
-    if window == 1:
-        return 0.0
-    if beta == 0:
-        return math.inf
+def _bound_constant(plant, L, K, M, S) -> float:
+    """``(Σ_k ‖F^k‖) ‖M S^{-1/2}‖``: the β- and H-independent factor of ε(β)."""
     A, B, C = plant.A, plant.B, plant.C
     n = plant.n
     if K is None:
@@ -526,5 +527,49 @@ def _error_bound(plant, L, K, M, S, window, beta) -> float:
         s = _sum_of_powers(F, slice(n, 2 * n))
     lam, U = np.linalg.eigh(S)
     S_inv_half = (U / np.sqrt(lam)) @ U.T
-    gain = float(np.linalg.norm(M @ S_inv_half, 2))
-    return s * (window - 1) * gain / math.sqrt(2.0 * math.e * beta)
+    return s * float(np.linalg.norm(M @ S_inv_half, 2))
+
+
+class _StartupMasks:
+    """Ring-slot index and additive start-up mask ``(H, 1)`` (``-inf`` on slots not yet written)."""
+
+    def __init__(self, H: int, device, dtype) -> None:
+        self.H = H
+        self.slots = torch.arange(H, device=device)
+        ar = torch.arange(H, device=device)
+        full = torch.zeros(H, H, 1, device=device, dtype=dtype)
+        full.masked_fill_((ar[None, :] > ar[:, None]).unsqueeze(-1), -math.inf)
+        self.masks = full  # masks[t] for t < H; masks[H-1] is all zeros
+
+    def get(self, t: int):
+        slot = self.slots[t % self.H: t % self.H + 1]
+        return slot, self.masks[min(t, self.H - 1)]
+
+
+def _kernel_core(keys, kz, slot, mask, beta: float, MRt):
+    """Gaussian-kernel step on time-major whitened keys ``(H, B, d)``; returns ``x̃[t+1]`` and ``α`` ``(H, B)``."""
+    keys.index_copy_(0, slot, kz.unsqueeze(0))
+    diff = keys - kz
+    logits = (diff * diff).sum(-1) * (-beta) + mask  # ≤ 0; the self-token is 0, the max
+    w = torch.softmax(logits, dim=0)
+    return (w.unsqueeze(-1) * keys).sum(0) @ MRt, w
+
+
+def _attention_core(keys, values, q, k, v, slot, mask):
+    """Softmax attention step with a time-major key/value cache; returns ``x̃[t+1]`` and ``α`` ``(H, B)``."""
+    keys.index_copy_(0, slot, k.unsqueeze(0))
+    values.index_copy_(0, slot, v.unsqueeze(0))
+    logits = (keys * q).sum(-1) + mask
+    w = torch.softmax(logits, dim=0)  # softmax subtracts the max (the logits are β-scaled)
+    return (w.unsqueeze(-1) * values).sum(0), w
+
+
+_COMPILED: dict[str, Any] = {}
+
+
+def _compiled(impl: str):
+    """``torch.compile`` of the step core (cached per implementation)."""
+    if impl not in _COMPILED:
+        fn = _kernel_core if impl == "kernel" else _attention_core
+        _COMPILED[impl] = torch.compile(fn, dynamic=False)
+    return _COMPILED[impl]
