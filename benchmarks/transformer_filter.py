@@ -1,0 +1,165 @@
+"""Closed-loop throughput of the Transformer Filter controller against the Kalman (LQG) loop.
+
+Plant: ``lqgt.plants.two_mass`` (n=4, m=1, p=2), LQR gain, window H=32. For each device,
+dtype and batch size B the script times three closed loops, each one
+``lqgt.simulate(..., store=False)`` call on the same noise (same seed):
+
+* ``kalman``   : Kalman predictor, ``u = -K x̂`` (the fused linear recursion): the reference;
+* ``tf-kernel``: Transformer Filter, ``impl="kernel"`` (Gaussian-kernel form, ring buffers);
+* ``tf-attn``  : Transformer Filter, ``impl="attention"`` (the explicit attention block
+  on the quadratic embedding, with a key/value cache).
+
+Throughput is trajectory-steps per second, ``B × horizon / wall time`` (noise generation
+and the cost included: what a user of ``simulate`` gets). Each configuration is run once
+with a short horizon to warm up (CUDA context, kernel selection, allocator), then timed
+``--repeats`` times (best kept), with ``torch.cuda.synchronize()`` before starting and
+before stopping the clock. The TF temperature is large (β = 1e4 by default) so that the
+costs, printed beside the timings, agree with the Kalman loop's: they show that all three
+loops simulate the same thing. A configuration that runs out of memory prints ``OOM`` and
+the table goes on.
+
+Usage::
+
+    python benchmarks/transformer_filter.py                       # CPU (and GPU if present)
+    python benchmarks/transformer_filter.py --devices cuda --dtype float32 float64
+    python benchmarks/transformer_filter.py --devices cpu --batches 1e3 1e4 --horizon 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import platform
+import time
+
+import torch
+
+import lqgt
+
+#: default horizon per batch size when --horizon is not given (steps; ≥ 2H so the window is full most of the run)
+DEFAULT_HORIZON = {1_000: 256, 10_000: 128, 100_000: 64, 1_000_000: 64}
+IMPLS = ("kernel", "attention")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description="Transformer Filter closed-loop throughput vs the Kalman loop")
+    ap.add_argument("--batches", nargs="+", type=float, default=[1e3, 1e4, 1e5, 1e6],
+                    help="batch sizes (trajectories), default 1e3 1e4 1e5 1e6")
+    ap.add_argument("--devices", nargs="+", default=None,
+                    help="torch devices (default: cpu, and cuda when available)")
+    ap.add_argument("--horizon", type=int, default=None,
+                    help=f"steps per timed run (default per batch size: {DEFAULT_HORIZON}, else 64)")
+    ap.add_argument("--dtype", nargs="+", default=["float64", "float32"], choices=["float64", "float32"],
+                    help="dtypes to run (default: float64 float32)")
+    ap.add_argument("--window", type=int, default=32, help="attention window H (default 32)")
+    ap.add_argument("--beta", type=float, default=1e4, help="TF temperature (default 1e4; cost of a step does not depend on it)")
+    ap.add_argument("--impls", nargs="+", default=list(IMPLS), choices=list(IMPLS), help="TF implementations")
+    ap.add_argument("--repeats", type=int, default=2, help="timed runs per configuration, best kept (default 2)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--seed", type=int, default=0)
+    return ap.parse_args(argv)
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    oom = getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom is not None and isinstance(exc, oom):
+        return True
+    msg = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg
+                                              or "not enough memory" in msg)
+
+
+def _free(dev: torch.device) -> None:
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def time_loop(plant, Q, R, K, est, *, batch, horizon, dev, dtype, repeats, seed):
+    """Warm up, then time ``simulate(store=False)``; return (best seconds, cost) or raise."""
+    common = dict(Q=Q, R=R, batch=batch, seed=seed, device=dev, dtype=dtype, store=False)
+    lqgt.simulate(plant, K, {"e": est}, horizon=min(horizon, 8), **common)  # warm-up
+    _sync(dev)
+    best, cost = math.inf, math.nan
+    for _ in range(max(1, repeats)):
+        _sync(dev)
+        t0 = time.perf_counter()
+        res = lqgt.simulate(plant, K, {"e": est}, horizon=horizon, **common)
+        _sync(dev)
+        best = min(best, time.perf_counter() - t0)
+        cost = res.cost["e"]
+        del res
+    return best, cost
+
+
+def fmt_rate(r: float) -> str:
+    return f"{r:9.3g}" if math.isfinite(r) else f"{'-':>9}"
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    plant, Q, R = lqgt.plants.two_mass()
+    K = lqgt.lqg(plant, Q, R).K
+    batches = [int(b) for b in args.batches]
+
+    print(f"lqgt {lqgt.__version__}, torch {torch.__version__}, python {platform.python_version()}, "
+          f"{platform.processor() or platform.machine()}, torch CPU threads {torch.get_num_threads()}")
+    if torch.cuda.is_available():
+        print(f"CUDA: {torch.cuda.get_device_name(0)}")
+    print(f"plant two_mass (n={plant.n}, m={plant.m}, p={plant.p}), H={args.window}, β={args.beta:g}, "
+          f"repeats={args.repeats} (best), simulate(store=False); rates in trajectory-steps/s; "
+          "ratio = rate / Kalman rate; cost = mean cost per step (same noise)")
+    cols = ["kalman"] + [f"tf-{'attn' if i == 'attention' else i}" for i in args.impls]
+    head = f"{'device':>6} {'dtype':>7} {'batch':>8} {'T':>4}  " + "  ".join(f"{c:>9}" for c in cols) + "  " + \
+        "  ".join(f"{c + '/kal':>14}" for c in cols[1:]) + "  " + "  ".join(f"{'J ' + c:>12}" for c in cols)
+    print(head)
+    print("-" * len(head))
+    for dev_name in devices:
+        dev = torch.device(dev_name)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            print(f"{dev_name:>6}  (CUDA not available: skipped)")
+            continue
+        for dt_name in args.dtype:
+            dtype = getattr(torch, dt_name)
+            for B in batches:
+                T = args.horizon or DEFAULT_HORIZON.get(B, 64)
+                ests = {"kalman": lqgt.KalmanFilter(plant, form="predictor")}
+                for impl in args.impls:
+                    name = f"tf-{'attn' if impl == 'attention' else impl}"
+                    ests[name] = lqgt.TransformerFilter(plant, beta=args.beta, window=args.window, K=K, impl=impl)
+                rates, costs = {}, {}
+                for name, est in ests.items():
+                    try:
+                        sec, cost = time_loop(plant, Q, R, K, est, batch=B, horizon=T, dev=dev, dtype=dtype,
+                                              repeats=args.repeats, seed=args.seed)
+                        rates[name], costs[name] = B * T / sec, cost
+                    except Exception as exc:  # noqa: BLE001 - one failed configuration must not end the table
+                        if not _is_oom(exc):
+                            raise
+                        rates[name], costs[name] = math.nan, math.nan
+                        costs[name + "!"] = "OOM"
+                    finally:
+                        _free(dev)
+                line = f"{dev_name:>6} {dt_name:>7} {B:>8.0e} {T:>4}  "
+                line += "  ".join(("      OOM" if costs.get(c + "!") else fmt_rate(rates[c])) for c in cols) + "  "
+                kal = rates["kalman"]
+                line += "  ".join(f"{rates[c] / kal:14.3g}" if math.isfinite(rates[c]) and math.isfinite(kal)
+                                  else f"{'-':>14}" for c in cols[1:]) + "  "
+                line += "  ".join(f"{costs[c]:12.6g}" if isinstance(costs[c], float) and math.isfinite(costs[c])
+                                  else f"{'-':>12}" for c in cols)
+                print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

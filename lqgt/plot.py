@@ -1,0 +1,606 @@
+"""Plots that read simulation results: ``ax=`` in, the Axes out.
+
+No function here calls ``pyplot``: when ``ax`` is not given a new
+:class:`matplotlib.figure.Figure` is made (reach it as ``ax.figure``), so the functions
+work under any backend, Agg included, and touch no global state. Estimator ``i`` (in the
+order given) is drawn in colour ``"C{i}"`` in every plot, so plots of one result match.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from matplotlib import colors as mcolors
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from .errors import ConfigError, NonFiniteError, ShapeError
+
+__all__ = [
+    "trajectory_bands",
+    "cost_comparison",
+    "band_statistics",
+    "fmt_number",
+    "beta_sweep_gap",
+    "certificate",
+    "attention_heatmap",
+    "gap_classes",
+]
+
+_KEYS = ("x", "x_hat", "u", "y")
+
+
+def _new_axes(figsize: tuple[float, float]) -> Axes:
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig.add_subplot()
+
+
+def band_statistics(res, key: str = "x", index: int = 0, names: Sequence[str] | None = None
+                    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Mean and standard deviation across the batch of one signal component, per estimator.
+
+    Parameters
+    ----------
+    res : lqgt.SimulationResult
+        A result of :func:`lqgt.simulate` with stored trajectories (``store=True``).
+    key : {"x", "x_hat", "u", "y"}
+        Which signal.
+    index : int
+        Which component of the signal (``0 <= index < width``).
+    names : sequence of str, optional
+        Estimators to include (default: all, in the order simulated).
+
+    Returns
+    -------
+    dict of str to (numpy.ndarray, numpy.ndarray)
+        ``{name: (mean, std)}``, each of shape ``(T,)``; ``std`` is the sample standard
+        deviation (``ddof=1``; ``0`` for a batch of one).
+
+    Raises
+    ------
+    ConfigError
+        Unknown ``key`` or estimator name, or a result without trajectories.
+    ShapeError
+        ``index`` out of range.
+    """
+    if key not in _KEYS:
+        raise ConfigError(f"key must be one of {_KEYS}, got {key!r}")
+    data = getattr(res, key)
+    if data is None:
+        raise ConfigError("the result holds no trajectories: simulate(..., store=False) kept only the costs; "
+                          "simulate with store=True to plot trajectories")
+    names = list(data) if names is None else list(names)
+    if not names:
+        raise ConfigError("names is empty: give at least one estimator to plot")
+    out = {}
+    for name in names:
+        if name not in data:
+            raise ConfigError(f"no estimator named {name!r} in the result; it has {list(data)}")
+        sig = data[name]
+        width = sig.shape[-1]
+        if not -width <= index < width:
+            raise ShapeError(f"index {index} is out of range for {key!r}, which has {width} component(s) "
+                             f"(shape {tuple(sig.shape)} = (B, T, {width}))")
+        s = sig[..., index].detach().to(torch.float64)  # (B, T)
+        mean = s.mean(0)
+        std = s.std(0, correction=1) if s.shape[0] > 1 else torch.zeros_like(mean)
+        out[name] = (mean.cpu().numpy(), std.cpu().numpy())
+    return out
+
+
+def trajectory_bands(res, key: str = "x", index: int = 0, names: Sequence[str] | None = None, k: float = 2.0,
+                     ax: Axes | None = None, *, ylabel: str | None = None, xlabel: str = "time (s)",
+                     title: str | None = None, alpha: float = 0.2, legend: bool = True) -> Axes:
+    """Draw the mean ± k·std across the batch of one signal over time, estimators overlaid.
+
+    For each estimator a line at the batch mean and a shaded band from ``mean - k·std``
+    to ``mean + k·std`` (see :func:`band_statistics`), against ``res.t`` in seconds.
+
+    Parameters
+    ----------
+    res : lqgt.SimulationResult
+        A result of :func:`lqgt.simulate` with stored trajectories; signals are
+        ``(B, T, ·)``.
+    key : {"x", "x_hat", "u", "y"}
+        Which signal: state, estimate, input or measurement.
+    index : int
+        Which component of the signal.
+    names : sequence of str, optional
+        Estimators to draw, in this order (default: all).
+    k : float
+        Half-width of the band in standard deviations (``k >= 0``).
+    ax : matplotlib.axes.Axes, optional
+        Where to draw; a new figure is made if not given.
+    ylabel : str, optional
+        Label of the y-axis, with units, e.g. ``"p1 (m)"``; default ``"x[0]"`` style.
+    xlabel : str
+        Label of the x-axis.
+    title : str, optional
+        Axes title.
+    alpha : float
+        Opacity of the bands.
+    legend : bool
+        Draw a legend (titled with ``k`` and the batch size).
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        The axes drawn on. Per estimator, in order: a filled band (a ``PolyCollection``
+        in ``ax.collections``), then in ``ax.lines`` the mean (``label`` = estimator
+        name) followed by thin lines on the band's two edges (labels starting with ``_``).
+    """
+    if not (np.isfinite(k) and k >= 0):
+        raise ConfigError(f"k must be a finite number >= 0, got {k!r}")
+    stats = band_statistics(res, key, index, names)
+    t = np.asarray(res.t, dtype=float)
+    if ax is None:
+        ax = _new_axes((7.0, 3.2))
+    batch = next(iter(getattr(res, key).values())).shape[0]
+    for i, (name, (mean, std)) in enumerate(stats.items()):
+        color = f"C{i}"
+        lo, hi = mean - k * std, mean + k * std
+        ax.fill_between(t, lo, hi, color=color, alpha=alpha, linewidth=0)
+        ax.plot(t, mean, color=color, linewidth=1.4, label=name)
+        ax.plot(t, lo, color=color, linewidth=0.6, alpha=0.8, label=f"_{name} lower")
+        ax.plot(t, hi, color=color, linewidth=0.6, alpha=0.8, label=f"_{name} upper")
+    if t.size > 1:
+        ax.set_xlim(t[0], t[-1])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel if ylabel is not None else f"{key}[{index}]")
+    if title is not None:
+        ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if legend:
+        ax.legend(title=f"mean ± {k:g}σ over {batch} runs", fontsize="small", title_fontsize="small",
+                  loc="lower left", bbox_to_anchor=(0.0, 1.01), ncol=min(len(stats), 3), frameon=False)
+    return ax
+
+
+def cost_comparison(costs: Mapping[str, float], ci: Mapping[str, tuple[float, float]],
+                    exact: Mapping[str, float | None] | None = None, ax: Axes | None = None, *,
+                    optimum: float | None = None, xlabel: str = "average cost per step",
+                    title: str | None = None, annotate: bool = True) -> Axes:
+    """Compare estimators' costs: Monte Carlo bars with 95% CI error bars and exact-cost markers.
+
+    One horizontal bar per estimator (first one at the top) whose length is the Monte
+    Carlo cost, an error bar spanning its confidence interval, a diamond at the exact
+    cost where known, and optionally a dashed line at the LQG optimum.
+
+    Parameters
+    ----------
+    costs : mapping of str to float
+        Monte Carlo cost per estimator (e.g. ``res.cost``). A non-finite cost (a diverged
+        loop) is drawn as an empty bar marked "diverged".
+    ci : mapping of str to (float, float)
+        Confidence interval ``(lo, hi)`` per estimator (e.g. ``res.cost_ci``); every name
+        in ``costs`` must have one. Non-finite bounds draw no error bar.
+    exact : mapping of str to float or None, optional
+        Exact cost per estimator (e.g. from :func:`lqgt.lqg_cost`); ``None`` or a missing
+        name draws no marker.
+    ax : matplotlib.axes.Axes, optional
+        Where to draw; a new figure is made if not given.
+    optimum : float, optional
+        The LQG optimum, drawn as a dashed vertical line.
+    xlabel : str
+        Label of the cost axis.
+    title : str, optional
+        Axes title.
+    annotate : bool
+        Write ``cost [lo, hi]`` beside each bar.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        The axes: a ``BarContainer`` (Monte Carlo costs) and an ``ErrorbarContainer`` (the
+        intervals, as ``xerr``) in ``ax.containers``, the exact markers as a line labelled
+        ``"exact (Lyapunov)"``.
+    """
+    names = list(costs)
+    if not names:
+        raise ConfigError("costs is empty: give at least one estimator")
+    exact = {} if exact is None else dict(exact)
+    for name in names:
+        if name not in ci:
+            raise ConfigError(f"ci has no interval for {name!r}; it has {list(ci)}")
+        if len(tuple(ci[name])) != 2:
+            raise ShapeError(f"ci[{name!r}] must be a pair (lo, hi), got {ci[name]!r}")
+    unknown = [n for n in exact if n not in costs]
+    if unknown:
+        raise ConfigError(f"exact names {unknown} are not in costs {names}")
+    if ax is None:
+        ax = _new_axes((7.0, 0.6 * len(names) + 1.6))
+
+    y = np.arange(len(names), dtype=float)
+    vals = np.array([float(costs[n]) for n in names])
+    finite = np.isfinite(vals)
+    ax.barh(y, np.where(finite, vals, 0.0), height=0.6, color=[f"C{i}" for i in range(len(names))], alpha=0.55,
+            label="Monte Carlo")
+    ok = [i for i, n in enumerate(names) if finite[i] and all(math.isfinite(float(b)) for b in ci[n])]
+    if ok:
+        lo = np.array([float(ci[names[i]][0]) for i in ok])
+        hi = np.array([float(ci[names[i]][1]) for i in ok])
+        v = vals[ok]
+        ax.errorbar(v, y[ok], xerr=np.vstack([v - lo, hi - v]), fmt="none", ecolor="black", elinewidth=1.2,
+                    capsize=5, label="95% CI")
+    ex = [(i, float(exact[n])) for i, n in enumerate(names) if exact.get(n) is not None and math.isfinite(float(exact[n]))]
+    if ex:
+        ax.plot([e for _, e in ex], [y[i] for i, _ in ex], linestyle="none", marker="D", markersize=7,
+                markerfacecolor="white", markeredgecolor="black", label="exact (Lyapunov)")
+    if optimum is not None and math.isfinite(optimum):
+        ax.axvline(optimum, color="0.25", linestyle="--", linewidth=1.0, label="LQG optimum")
+
+    right = [v for v in vals[finite]] + [e for _, e in ex] + ([optimum] if optimum is not None and math.isfinite(optimum) else [])
+    right += [float(ci[names[i]][1]) for i in ok]
+    xmax = max(right) if right else 1.0
+    if annotate:
+        for i, n in enumerate(names):
+            if not finite[i]:
+                ax.text(0.01 * xmax, y[i], "diverged", va="center", ha="left", fontsize="small", color="C3")
+                continue
+            lo_hi = ci[n]
+            txt = fmt_number(vals[i])
+            if all(math.isfinite(float(b)) for b in lo_hi):
+                txt += f"  [{fmt_number(lo_hi[0])}, {fmt_number(lo_hi[1])}]"
+            x_end = max([vals[i]] + ([float(lo_hi[1])] if i in ok else []) + [e for j, e in ex if j == i])
+            ax.text(x_end + 0.035 * xmax, y[i], txt, va="center", ha="left", fontsize="small")
+    ax.set_xlim(0.0, xmax * (1.45 if annotate else 1.08))
+    ax.set_yticks(y, names)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    if title is not None:
+        ax.set_title(title)
+    ax.grid(True, axis="x", alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    order = ["Monte Carlo", "95% CI", "exact (Lyapunov)", "LQG optimum"]
+    pairs = sorted(zip(handles, labels), key=lambda hl: order.index(hl[1]) if hl[1] in order else len(order))
+    ax.legend([h for h, _ in pairs], [lab for _, lab in pairs], fontsize="small", loc="center left",
+              bbox_to_anchor=(1.01, 0.5), frameon=False)
+    return ax
+
+
+def fmt_number(v: float, digits: int = 4) -> str:
+    """Format a cost with ``digits`` significant digits, keeping trailing zeros (``0.3300``).
+
+    Parameters
+    ----------
+    v : float
+        The number (``inf``/``nan`` allowed).
+    digits : int
+        Significant digits.
+
+    Returns
+    -------
+    str
+        E.g. ``"0.3300"``, ``"1.825"``, ``"1235"``, ``"1.23e+06"``, ``"inf"``.
+    """
+    v = float(v)
+    if not math.isfinite(v):
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    if v != 0 and not 1e-4 <= abs(v) < 10 ** digits:
+        return f"{v:.{digits - 1}e}"
+    return f"{v:#.{digits}g}".rstrip(".")
+
+
+# ---------------------------------------------------------------- Transformer Filter plots
+
+def _sweep_arrays(sweep, names: tuple[str, ...]) -> list[np.ndarray]:
+    """Fetch 1-D float arrays of equal length from a :class:`lqgt.BetaSweep`."""
+    try:
+        betas = np.asarray(sweep.betas, dtype=float)
+        out = [np.asarray(getattr(sweep, n), dtype=float) for n in names]
+    except AttributeError as exc:
+        raise ConfigError(f"sweep must be an lqgt.BetaSweep (from lqgt.beta_sweep); {exc}") from None
+    if betas.ndim != 1 or betas.size == 0:
+        raise ShapeError(f"sweep.betas must be a non-empty 1-D array, got shape {betas.shape}")
+    if not np.all(np.isfinite(betas)) or np.any(betas <= 0):
+        raise ConfigError("sweep.betas must be finite and > 0 to be drawn on a log axis "
+                          f"(got {betas.tolist()}); leave β = 0 out of the plot")
+    return [betas] + out
+
+
+def _settings_text(sweep) -> str:
+    s = getattr(sweep, "settings", {}) or {}
+    parts = []
+    if "window" in s:
+        parts.append(f"H = {s['window']}")
+    if "batch" in s:
+        parts.append(f"{s['batch']} runs")
+    if "horizon" in s:
+        steps = s["horizon"] - s.get("burn_in", 0)
+        parts.append(f"{steps} steps")
+    return ", ".join(parts)
+
+
+def gap_classes(gap_ci) -> np.ndarray:
+    """Classify each confidence interval of a cost gap as positive, unresolved or negative.
+
+    Parameters
+    ----------
+    gap_ci : array_like, shape (k, 2)
+        95% confidence intervals ``(lo, hi)`` of ``J_TF - J_LQG`` (``BetaSweep.gap_ci``).
+
+    Returns
+    -------
+    numpy.ndarray of str, shape (k,)
+        ``"positive"`` where ``lo > 0`` (the TF loop is significantly worse than LQG),
+        ``"negative"`` where ``hi < 0`` (significantly better on this sample, which can
+        only be Monte Carlo error or finite-horizon bias: LQG is optimal), else
+        ``"unresolved"`` (the interval contains 0).
+    """
+    ci = np.asarray(gap_ci, dtype=float)
+    if ci.ndim != 2 or ci.shape[1] != 2:
+        raise ShapeError(f"gap_ci must have shape (k, 2), got {ci.shape}")
+    out = np.full(ci.shape[0], "unresolved", dtype=object)
+    out[ci[:, 0] > 0] = "positive"
+    out[ci[:, 1] < 0] = "negative"
+    return out.astype(str)
+
+
+def beta_sweep_gap(sweep, ax: Axes | None = None, *, title: str | None = None, relative_axis: bool = True) -> Axes:
+    """Closed-loop cost gap ``J_TF(β) - J_LQG`` versus β, log–log, with 95% Monte Carlo bands.
+
+    The gap shrinks by many decades as β grows and eventually falls below what the Monte
+    Carlo run can resolve (its interval then contains 0, and the point estimate may even be
+    negative). A log axis cannot show such points as values, so they are drawn as what the
+    data does say:
+
+    * **resolved** (interval above 0): the gap as a line with markers and its 95% interval
+      as a shaded band;
+    * **unresolved** (interval contains 0): a hollow downward triangle at the interval's
+      upper end, i.e. "the gap is below this, with 95% confidence";
+    * **negative** (interval below 0; LQG is optimal, so this is sampling error): a cross
+      at ``|gap|``.
+
+    Parameters
+    ----------
+    sweep : lqgt.BetaSweep
+        Result of :func:`lqgt.beta_sweep` (``betas`` > 0).
+    ax : matplotlib.axes.Axes, optional
+        Where to draw; a new figure is made if not given.
+    title : str, optional
+        Axes title (a default names the window and the Monte Carlo size).
+    relative_axis : bool
+        Add a right-hand axis with the gap relative to the Monte Carlo LQG cost (in %).
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        Log–log axes holding, each only when some point falls in its class: the line
+        ``"J_TF − J_LQG"`` (y-data: the gap where resolved, NaN elsewhere) with a filled
+        band labelled ``"95% CI (common noise)"`` and error bars of the same intervals; the markers-only line
+        ``"unresolved: 95% upper bound"``; the markers-only line
+        ``"negative: |gap| (Monte Carlo error)"``; and a dotted horizontal line at
+        ``J_LQG`` (labelled ``"J_LQG = ..."``).
+    """
+    betas, gap, ci = _sweep_arrays(sweep, ("gap", "gap_ci"))
+    k = betas.size
+    if gap.shape != (k,) or ci.shape != (k, 2):
+        raise ShapeError(f"sweep.gap and sweep.gap_ci must have shapes ({k},) and ({k}, 2), got {gap.shape} and {ci.shape}")
+    if not (np.all(np.isfinite(gap)) and np.all(np.isfinite(ci))):
+        raise NonFiniteError("sweep.gap or sweep.gap_ci is not finite (a loop diverged?); "
+                             f"gap = {gap.tolist()}")
+    cls = gap_classes(ci)
+    pos, unr, neg = cls == "positive", cls == "unresolved", cls == "negative"
+    if ax is None:
+        ax = _new_axes((6.4, 4.2))
+    nan = np.full(k, np.nan)
+
+    if np.any(pos):
+        ax.fill_between(betas, np.where(pos, ci[:, 0], nan), np.where(pos, ci[:, 1], nan), color="C1", alpha=0.25,
+                        linewidth=0, label="95% CI (common noise)")
+        ax.plot(betas, np.where(pos, gap, nan), color="C1", marker="o", markersize=4, linewidth=1.6,
+                label="J_TF − J_LQG")
+        ax.errorbar(betas[pos], gap[pos], yerr=np.vstack([gap[pos] - ci[pos, 0], ci[pos, 1] - gap[pos]]),
+                    fmt="none", ecolor="C1", elinewidth=1.0, capsize=3)
+    up = unr & (ci[:, 1] > 0)
+    if np.any(up):
+        ax.plot(betas, np.where(up, ci[:, 1], nan), linestyle="none", marker="v", markersize=7,
+                markerfacecolor="none", markeredgecolor="C1", label="unresolved: 95% upper bound")
+    if np.any(neg):
+        ax.plot(betas, np.where(neg, np.abs(gap), nan), linestyle="none", marker="x", markersize=7, color="C3",
+                label="negative: |gap| (Monte Carlo error)")
+
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    J = float(getattr(sweep, "cost_lqg", math.nan))
+    if math.isfinite(J) and J > 0:
+        ax.axhline(J, color="0.4", linestyle=":", linewidth=1.0, label=f"J_LQG = {J:.4g}")
+        if relative_axis:
+            sec = ax.secondary_yaxis("right", functions=(lambda g: 100.0 * g / J, lambda r: r * J / 100.0))
+            sec.set_ylabel("relative gap (% of J_LQG)")
+    ax.set_xlabel("temperature β (1 / squared token distance)")
+    ax.set_ylabel("cost gap J_TF − J_LQG (cost per step)")
+    ax.set_title(title if title is not None else f"Transformer Filter vs LQG in closed loop ({_settings_text(sweep)})",
+                 fontsize="medium")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize="small", loc="lower left")
+    return ax
+
+
+def certificate(sweep, ax: Axes | None = None, *, title: str | None = None, annotate: bool = True) -> Axes:
+    """Measured estimation error and its certified bound ``ε(β)`` versus β, log–log.
+
+    Shows how loose the certificate of SPEC §3 is: the bound falls like ``β^{-1/2}``
+    while the measured ``sup_t ‖x̃[t] - x̂[t]‖`` falls much faster (exponentially once
+    β·min‖z[t] - z[i]‖² ≫ 1) until it reaches float rounding.
+
+    Parameters
+    ----------
+    sweep : lqgt.BetaSweep
+        Result of :func:`lqgt.beta_sweep` (``betas`` > 0).
+    ax : matplotlib.axes.Axes, optional
+        Where to draw; a new figure is made if not given.
+    title : str, optional
+        Axes title.
+    annotate : bool
+        Write the smallest ratio ``bound / measured max`` over the sweep (how tight the
+        bound gets) on the plot.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        Log–log axes with three lines, labelled ``"certified bound ε(β)"``,
+        ``"measured: max over runs"`` and ``"measured: mean over runs"`` (y-data: the
+        sweep's ``bound``, ``error_max`` and ``error_mean``; zeros and infinities, which a
+        log axis cannot show, as NaN).
+
+    Notes
+    -----
+    A measured error above the bound (which would be a bug in the filter or the bound) is
+    circled in red (a line labelled ``"bound violated"``).
+    """
+    betas, bound, emax, emean = _sweep_arrays(sweep, ("bound", "error_max", "error_mean"))
+    k = betas.size
+    for name, a in (("bound", bound), ("error_max", emax), ("error_mean", emean)):
+        if a.shape != (k,):
+            raise ShapeError(f"sweep.{name} must have shape ({k},), got {a.shape}")
+    if np.any(np.isnan(emax)) or np.any(np.isnan(emean)):
+        raise NonFiniteError("sweep.error_max / error_mean contain NaN (a loop diverged?)")
+
+    def positive(a):
+        return np.where(np.isfinite(a) & (a > 0), a, np.nan)
+
+    if ax is None:
+        ax = _new_axes((6.4, 4.2))
+    ax.plot(betas, positive(bound), color="C3", linestyle="--", linewidth=1.8, label="certified bound ε(β)")
+    ax.plot(betas, positive(emax), color="C0", marker="o", markersize=4, linewidth=1.6, label="measured: max over runs")
+    ax.plot(betas, positive(emean), color="C0", marker=".", linestyle=":", linewidth=1.2, alpha=0.8,
+            label="measured: mean over runs")
+    bad = emax > bound
+    if np.any(bad):
+        ax.plot(betas[bad], emax[bad], linestyle="none", marker="o", markersize=12, markerfacecolor="none",
+                markeredgecolor="red", markeredgewidth=2, label="bound violated")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("temperature β (1 / squared token distance)")
+    ax.set_ylabel("sup_t ‖x̃[t] − x̂[t]‖  (state units)")
+    ax.set_title(title if title is not None else f"Certificate vs measured error ({_settings_text(sweep)})",
+                 fontsize="medium")
+    ax.grid(True, which="major", alpha=0.3)
+    ok = np.isfinite(bound) & (emax > 0)
+    if annotate and np.any(ok):
+        ratio = bound[ok] / emax[ok]
+        i = int(np.argmin(ratio))
+        ax.text(0.98, 0.98, f"tightest: bound = {ratio[i]:.3g} × measured max (β = {betas[ok][i]:.3g})",
+                transform=ax.transAxes, ha="right", va="top", fontsize="small",
+                bbox=dict(boxstyle="round", facecolor="white", alpha=0.8, edgecolor="0.7"))
+    ax.legend(fontsize="small", loc="lower left")
+    return ax
+
+
+def attention_heatmap(weights, t=None, ax: Axes | None = None, *, steps: slice | None = None,
+                      window: int | None = None, log: bool = True, floor: float = 1e-6, cmap: str = "viridis",
+                      colorbar: bool = True, title: str | None = None) -> Axes:
+    """Heat map of the attention weights ``α[t, i]`` of one trajectory.
+
+    Row ``t`` (query time, downwards) holds the weights the filter put on the tokens ``i``
+    (key time, across) when computing ``x̃[t+1]``; each row sums to 1 and is zero outside
+    the causal window ``t-H+1 ≤ i ≤ t``.
+
+    Parameters
+    ----------
+    weights : array_like or torch.Tensor, shape (T, T)
+        The weights, e.g. the second output of :meth:`lqgt.TransformerFilter.run` on one
+        trajectory.
+    t : array_like, shape (T,), optional
+        Time of each step in seconds (uniformly spaced, e.g. ``res.t``); the axes are in
+        steps when not given.
+    ax : matplotlib.axes.Axes, optional
+        Where to draw; a new figure is made if not given.
+    steps : slice, optional
+        Steps to show (the same slice of queries and keys), e.g. ``slice(0, 100)``.
+    window : int, optional
+        The filter's window ``H``: cells outside the causal window (``i > t`` or
+        ``i ≤ t - H``) are drawn light grey (and a note says so).
+    log : bool
+        Logarithmic colour scale (default), so the small weights across the window are
+        visible; weights below ``floor`` (zeros included) take the lowest colour.
+        ``False``: linear scale from 0 to 1.
+    floor : float
+        Lowest weight of the logarithmic scale (``0 < floor < 1``).
+    cmap : str
+        Matplotlib colormap name.
+    colorbar : bool
+        Add a colour bar (labelled "attention weight α[t, i]").
+    title : str, optional
+        Axes title.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        The axes, holding one image whose array is the (sliced) weights, row ``k`` = query
+        step ``k`` (drawn top to bottom); with ``window`` a masked array whose mask marks
+        the cells outside the window.
+    """
+    if isinstance(weights, torch.Tensor):
+        weights = weights.detach().to("cpu", torch.float64).numpy()
+    W = np.asarray(weights, dtype=float)
+    if W.ndim != 2 or W.shape[0] != W.shape[1]:
+        raise ShapeError(f"weights must be a square (T, T) array of α[t, i], got shape {W.shape}; "
+                         "for a batch (B, T, T) pick one trajectory, e.g. weights[0]")
+    if not np.all(np.isfinite(W)):
+        raise NonFiniteError("weights contain NaN or infinite entries")
+    if not (0.0 < floor < 1.0):
+        raise ConfigError(f"floor must satisfy 0 < floor < 1, got {floor!r}")
+    if window is not None and (isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1):
+        raise ConfigError(f"window must be an integer >= 1, got {window!r}")
+    T = W.shape[0]
+    idx = np.arange(T)
+    if steps is not None:
+        if not isinstance(steps, slice):
+            raise ConfigError(f"steps must be a slice, e.g. slice(0, 100), got {steps!r}")
+        idx = idx[steps]
+        if idx.size == 0:
+            raise ConfigError(f"steps={steps!r} selects no steps of the {T}")
+        if idx.size > 1 and np.any(np.diff(idx) != 1):
+            raise ConfigError(f"steps must select consecutive steps (step 1), got {steps!r}")
+        W = W[idx[0]:idx[-1] + 1, idx[0]:idx[-1] + 1]
+    if t is None:
+        scale, origin, unit = 1.0, 0.0, "step"
+    else:
+        tt = np.asarray(t, dtype=float)
+        if tt.shape != (T,):
+            raise ShapeError(f"t must have shape ({T},) like the weights, got {tt.shape}")
+        dt = float(tt[1] - tt[0]) if T > 1 else 1.0
+        if T > 1 and not (dt > 0 and np.allclose(np.diff(tt), dt, rtol=1e-6, atol=0)):
+            raise ConfigError("t must be uniformly spaced and increasing (e.g. res.t)")
+        scale, origin, unit = dt, float(tt[0]), "s"
+    lo, hi = origin + scale * (idx[0] - 0.5), origin + scale * (idx[-1] + 0.5)
+
+    if ax is None:
+        ax = _new_axes((5.6, 4.8))
+    cm = _colormap(cmap, log)
+    norm = mcolors.LogNorm(vmin=floor, vmax=1.0, clip=False) if log else mcolors.Normalize(vmin=0.0, vmax=1.0)
+    data = W
+    if window is not None:
+        lag = idx[:, None] - idx[None, :]
+        data = np.ma.masked_array(W, mask=(lag < 0) | (lag >= window))
+    im = ax.imshow(data, cmap=cm, norm=norm, origin="upper", extent=(lo, hi, hi, lo), interpolation="nearest",
+                   aspect="equal")
+    if window is not None:
+        ax.text(0.98, 0.98, f"grey: outside the causal window (H = {window})", transform=ax.transAxes,
+                ha="right", va="top", fontsize="x-small", color="0.25")
+    name = "t" if unit == "step" else "t·Δt"
+    ax.set_xlabel("key time i (step)" if unit == "step" else "key time i·Δt (s)")
+    ax.set_ylabel(f"query time {name} ({unit})")
+    if title is not None:
+        ax.set_title(title, fontsize="medium")
+    if colorbar:
+        cb = ax.figure.colorbar(im, ax=ax, extend="min" if log else "neither", shrink=0.9)
+        cb.set_label("attention weight α[t, i]" + (" (log scale)" if log else ""))
+    return ax
+
+
+def _colormap(name: str, log: bool):
+    """A copy of the named colormap: values below the scale's floor (and zeros) get the lowest
+    colour; masked cells (outside the window) are light grey."""
+    from matplotlib import colormaps
+
+    try:
+        cm = colormaps[name]
+    except KeyError:
+        raise ConfigError(f"unknown colormap {name!r}") from None
+    return cm.with_extremes(under=cm(0.0), bad="0.88")
