@@ -9,7 +9,9 @@ per step); any other estimator or a callable policy runs the generic step loop.
 from __future__ import annotations
 
 import math
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -20,7 +22,7 @@ from tqdm.auto import tqdm
 from ._linalg import as_matrix, psd_sqrt
 from ._torch import resolve_device, resolve_dtype, tensor
 from .closed_loop import closed_loop
-from .errors import ConfigError, ShapeError
+from .errors import ConfigError, NonFiniteError, ShapeError
 from .estimators.base import check_estimator
 from .lqg import cost_weights
 from .plant import Plant
@@ -31,6 +33,51 @@ Policy = Callable[[torch.Tensor], torch.Tensor]
 
 #: Elements of noise generated per chunk (per device type) when ``chunk`` is not given.
 _CHUNK_ELEMS = {"cpu": 1 << 22, "cuda": 1 << 27}
+#: On CPU, draw the next chunk of noise in a helper thread while the current one is used
+#: (the draw is single-threaded and the same numbers come out either way). Only done when
+#: a core is left over by torch's intra-op threads, so that nothing is oversubscribed.
+_CPU_PREFETCH = True
+#: On CUDA, chunks whose state rows have at most this many elements (batch * 2n) are
+#: advanced by a log-depth scan instead of one launch per step (launch-bound otherwise).
+_SCAN_MAX_ROW = 1 << 16
+_SCAN_DEVICES = ("cuda",)
+#: Largest default chunk (steps). The default chunk does not depend on the horizon, so a
+#: shorter run with the same seed is a prefix of a longer one.
+_MAX_CHUNK_STEPS = 1024
+
+
+def _as_int(name: str, value) -> int:
+    """``int(value)`` for integral values only (no silent truncation of 7.5, no bools)."""
+    ok = not isinstance(value, bool)
+    try:
+        iv = int(value)
+        ok = ok and iv == value
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    return iv
+
+
+def _is_linear(plant) -> bool:
+    """``True`` for an :class:`lqgt.Plant`; ``False`` for a nonlinear plant (``f``, ``h``)."""
+    if isinstance(plant, Plant):
+        return True
+    if getattr(plant, "is_linear", True) is False and callable(getattr(plant, "f", None)) \
+            and callable(getattr(plant, "h", None)):
+        return False
+    raise ConfigError(
+        f"plant must be an lqgt.Plant or a nonlinear plant (lqgt.NonlinearPlant), got {type(plant).__name__}"
+    )
+
+
+def _spare_core() -> bool:
+    """Whether this process may use more cores than torch's intra-op thread count."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return cores > torch.get_num_threads()
 
 
 class DivergenceWarning(UserWarning):
@@ -78,23 +125,95 @@ class SimulationResult:
 
 
 class _Noise:
-    """Draws ``x0`` and chunks of ``[w; v]`` once, shared by all estimators."""
+    """Draws ``x0`` and chunks of standard normals ``e``, shared by all estimators.
 
-    def __init__(self, plant: Plant, batch: int, seed: int, device, dtype) -> None:
+    ``[w; v] = blockdiag(W^{1/2}, V^{1/2}) e``: the fused runner folds the square roots
+    into its own matrices and reads ``e`` directly; :meth:`split` gives ``(w, v)`` for the
+    generic runner. The stream of numbers depends only on the chunk sizes asked for.
+    """
+
+    def __init__(self, plant: Plant, batch: int, seed: int, device, dtype, enabled: bool = True) -> None:
         self.gen = torch.Generator(device=device)
         self.gen.manual_seed(int(seed))
-        self.batch, self.device, self.dtype = batch, device, dtype
+        self.batch, self.device, self.dtype, self.enabled = batch, device, dtype, enabled
         self.n, self.p = plant.n, plant.p
-        self.Wh = tensor(psd_sqrt(plant.W), device, dtype)
-        self.Vh = tensor(psd_sqrt(plant.V), device, dtype)
-        P0h = tensor(psd_sqrt(plant.P0), device, dtype)
-        e0 = torch.randn(batch, plant.n, generator=self.gen, device=device, dtype=dtype)
-        self.x0 = tensor(plant.m0, device, dtype) + e0 @ P0h.T
+        self.Wh_np, self.Vh_np = psd_sqrt(plant.W), psd_sqrt(plant.V)
+        self.Wh = tensor(self.Wh_np, device, dtype)
+        self.Vh = tensor(self.Vh_np, device, dtype)
+        m0 = tensor(plant.m0, device, dtype)
+        if enabled:
+            P0h = tensor(psd_sqrt(plant.P0), device, dtype)
+            e0 = torch.randn(batch, plant.n, generator=self.gen, device=device, dtype=dtype)
+            self.x0 = m0 + e0 @ P0h.T
+        else:
+            self.x0 = m0.expand(batch, -1).clone()
+
+    def draw(self, c: int) -> torch.Tensor:
+        """Return standard normals ``e`` ``(c, B, n + p)`` (contiguous; zeros without noise)."""
+        if not self.enabled:
+            return torch.zeros(c, self.batch, self.n + self.p, device=self.device, dtype=self.dtype)
+        return torch.randn(c, self.batch, self.n + self.p, generator=self.gen, device=self.device, dtype=self.dtype)
+
+    def split(self, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``w`` ``(c, B, n)`` and ``v`` ``(c, B, p)`` from ``e``."""
+        return e[..., : self.n] @ self.Wh.T, e[..., self.n:] @ self.Vh.T
 
     def chunk(self, c: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``w`` ``(c, B, n)`` and ``v`` ``(c, B, p)``."""
-        e = torch.randn(c, self.batch, self.n + self.p, generator=self.gen, device=self.device, dtype=self.dtype)
-        return e[..., : self.n] @ self.Wh.T, e[..., self.n:] @ self.Vh.T
+        return self.split(self.draw(c))
+
+
+def _chunks(noise: _Noise, horizon: int, chunk: int, prefetch: bool):
+    """Yield ``(t0, e)`` over the horizon; on CPU the next chunk is drawn in a helper thread.
+
+    Drawing is single-threaded and in the same order either way, so the numbers are the
+    same; the thread only lets the next draw overlap the current chunk's arithmetic.
+    """
+    starts = list(range(0, horizon, chunk))
+    sizes = [chunk] * len(starts)  # whole chunks always (the stream must not depend on the horizon)
+    if not prefetch or len(starts) < 2:
+        for t0, c in zip(starts, sizes):
+            yield t0, noise.draw(c)[: horizon - t0]
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lqgt-noise") as pool:
+        fut = pool.submit(noise.draw, sizes[0])
+        try:
+            for i, t0 in enumerate(starts):
+                e = fut.result()
+                fut = pool.submit(noise.draw, sizes[i + 1]) if i + 1 < len(starts) else None
+                yield t0, e[: horizon - t0]
+        finally:
+            if fut is not None:
+                fut.cancel()
+                try:
+                    fut.result()
+                except BaseException:  # noqa: BLE001 - the draw is abandoned anyway
+                    pass
+
+
+def _disturbance(d, batch: int, horizon: int, m: int, dev, dt):
+    """Check the ``disturbance`` argument; return a function ``chunk(t0, c) -> (c, B, m)``."""
+    if d is None:
+        return None
+    if callable(d) and not isinstance(d, (torch.Tensor, np.ndarray)):
+        def chunk_fn(t0, c):
+            rows = []
+            for t in range(t0, t0 + c):
+                dk = d(t)
+                if not isinstance(dk, torch.Tensor) or tuple(dk.shape) != (batch, m):
+                    got = tuple(dk.shape) if isinstance(dk, torch.Tensor) else type(dk).__name__
+                    raise ShapeError(f"disturbance(t) must return a tensor of shape {(batch, m)}, got {got} at t={t}")
+                rows.append(dk.to(device=dev, dtype=dt))
+            return torch.stack(rows)
+        return chunk_fn
+    D = torch.as_tensor(d).to(device=dev, dtype=dt)
+    if D.ndim == 2 and tuple(D.shape) == (horizon, m):
+        D = D.unsqueeze(0).expand(batch, -1, -1)
+    if tuple(D.shape) != (batch, horizon, m):
+        raise ShapeError(f"disturbance has shape {tuple(D.shape)}, expected {(batch, horizon, m)} or {(horizon, m)}")
+    if not bool(torch.isfinite(D).all()):
+        raise NonFiniteError("disturbance contains NaN or infinite entries")
+    return lambda t0, c: D[:, t0:t0 + c].transpose(0, 1)
 
 
 def _policy(K, plant: Plant) -> tuple[np.ndarray | None, Policy | None]:
@@ -123,13 +242,16 @@ def simulate(
     burn_in: int = 0,
     chunk: int | None = None,
     progress: bool = False,
+    noise: bool = True,
+    disturbance=None,
 ) -> SimulationResult:
     """Simulate the closed loop of ``plant`` with each estimator, on common random numbers.
 
     Parameters
     ----------
-    plant : Plant
+    plant : Plant or NonlinearPlant
         The true plant (its ``W``, ``V``, ``m0``, ``P0`` generate the noise and ``x[0]``).
+        A nonlinear plant (``x[t+1] = f(x, u) + w``, ``y = h(x) + v``) runs the generic loop.
     K : array_like of shape (m, n), or callable
         Static feedback ``u = -K x̂``, or a policy ``u = K(x_hat)`` mapping a ``(B, n)``
         tensor to a ``(B, m)`` tensor.
@@ -160,6 +282,15 @@ def simulate(
         Steps of noise generated at once; chosen from the batch size by default.
     progress : bool
         Show a tqdm progress bar.
+    noise : bool
+        ``False`` switches the process and measurement noise off and starts every
+        trajectory at ``m0`` (deterministic runs, e.g. frequency responses).
+    disturbance : torch.Tensor of shape (B, T, m) or (T, m), or callable, optional
+        Input disturbance ``d[t]`` added to the controller output before it enters the
+        plant (``x[t+1] = A x + B (u + d) + w``, ``y = C x + D (u + d) + v``); a callable
+        maps the step ``t`` to a ``(B, m)`` tensor. Estimators receive, and ``res.u``
+        stores, the controller output ``u`` without ``d``; the cost uses ``u`` too.
+        With a disturbance every estimator runs the generic step loop.
 
     Returns
     -------
@@ -170,11 +301,10 @@ def simulate(
     ShapeError, ConfigError
         Bad arguments (names the argument and what is allowed).
     """
-    if not isinstance(plant, Plant):
-        raise ConfigError(f"plant must be an lqgt.Plant, got {type(plant).__name__}")
+    linear = _is_linear(plant)
     if not isinstance(estimators, Mapping) or not estimators:
         raise ConfigError("estimators must be a non-empty dict {name: estimator}")
-    horizon, batch, burn_in = int(horizon), int(batch), int(burn_in)
+    horizon, batch, burn_in = (_as_int(k, v) for k, v in (("horizon", horizon), ("batch", batch), ("burn_in", burn_in)))
     if horizon < 1 or batch < 1:
         raise ConfigError(f"horizon and batch must be >= 1, got horizon={horizon}, batch={batch}")
     if not 0 <= burn_in < horizon:
@@ -188,12 +318,20 @@ def simulate(
             raise ShapeError(f"estimator {name!r} is current-form but the plant has D != 0 (algebraic loop)")
     n, m, p = plant.n, plant.m, plant.p
     if chunk is None:
-        chunk = max(1, min(horizon, _CHUNK_ELEMS.get(dev.type, 1 << 22) // (batch * (n + p))))
-    chunk = int(chunk)
+        chunk = max(1, min(_MAX_CHUNK_STEPS, _CHUNK_ELEMS.get(dev.type, 1 << 22) // (batch * (n + p))))
+    chunk = _as_int("chunk", chunk)
+    if chunk < 1:
+        raise ConfigError(f"chunk must be >= 1, got {chunk}")
+    dist = _disturbance(disturbance, batch, horizon, m, dev, dt)
 
-    noise = _Noise(plant, batch, seed, dev, dt)
-    Qz = tensor(np.block([[Qn, Nn], [Nn.T, Rn]]), dev, dt)
-    runners = {name: _make_runner(plant, Kmat, policy, est, noise.x0, dev, dt) for name, est in estimators.items()}
+    noise_src = _Noise(plant, batch, seed, dev, dt, enabled=bool(noise))
+    Qz_np = np.block([[Qn, Nn], [Nn.T, Rn]])
+    runners = {
+        name: _make_runner(plant, Kmat, policy, est, noise_src, Qz_np, dev, dt, min(chunk, horizon), store,
+                           fused_ok=linear and dist is None)
+        for name, est in estimators.items()
+    }
+    need_wv = any(getattr(run, "needs_wv", True) for run in runners.values())
     total = {name: torch.zeros(batch, device=dev, dtype=dt) for name in estimators}
     stored = {k: {} for k in ("x", "x_hat", "u", "y")} if store else None
     if store:
@@ -202,21 +340,19 @@ def simulate(
                 stored[key][name] = torch.empty(batch, horizon, width, device=dev, dtype=dt)
 
     bar = tqdm(total=horizon, disable=not progress, desc="simulate", unit="step", leave=False)
-    t0 = 0
-    while t0 < horizon:
-        c = min(chunk, horizon - t0)
-        w, v = noise.chunk(c)
+    prefetch = _CPU_PREFETCH and noise and dev.type == "cpu" and _spare_core()
+    for t0, e in _chunks(noise_src, horizon, chunk, prefetch=prefetch):
+        c = e.shape[0]
+        lo = min(max(burn_in - t0, 0), c)  # steps of this chunk before burn_in are not costed
+        wv = noise_src.split(e) if need_wv else None
+        d = dist(t0, c) if dist is not None else None
         for name, run in runners.items():
-            traj = run(w, v)  # dict of (c, B, ·) tensors: x, x_hat, u, y
-            z = torch.cat([traj["x"], traj["u"]], dim=-1)
-            step_cost = ((z @ Qz) * z).sum(-1)  # (c, B)
-            lo = max(burn_in - t0, 0)
-            if lo < c:
-                total[name] += step_cost[lo:].sum(0)
+            step_sum, traj = run(e, wv, lo, d, t0)  # (B,) cost over steps lo..c-1; (c, B, ·) tensors
+            if step_sum is not None:
+                total[name] += step_sum
             if store:
                 for key in stored:
                     stored[key][name][:, t0:t0 + c] = traj[key].transpose(0, 1)
-        t0 += c
         bar.update(c)
     bar.close()
 
@@ -227,7 +363,10 @@ def simulate(
         per[name] = per_traj
         finite = bool(torch.isfinite(per_traj).all())
         if not finite:
-            warnings.warn(f"estimator {name!r}: the closed loop diverged (non-finite cost)", DivergenceWarning, stacklevel=2)
+            at = getattr(runners[name], "diverged_at", None)
+            where = f" (the state first became non-finite at step {at})" if at is not None else ""
+            warnings.warn(f"estimator {name!r}: the closed loop diverged (non-finite cost){where}",
+                          DivergenceWarning, stacklevel=2)
             cost[name], ci[name] = math.inf, (math.inf, math.inf)
             continue
         mean = float(per_traj.mean())
@@ -238,7 +377,7 @@ def simulate(
             ci[name] = (-math.inf, math.inf)
         cost[name] = mean
     settings = dict(horizon=horizon, batch=batch, seed=seed, device=str(dev), dtype=str(dt).replace("torch.", ""),
-                    burn_in=burn_in, chunk=chunk, store=store)
+                    burn_in=burn_in, chunk=chunk, store=store, noise=bool(noise), disturbance=dist is not None)
     return SimulationResult(
         cost=cost, cost_ci=ci, cost_per_trajectory=per,
         x=stored["x"] if store else None, x_hat=stored["x_hat"] if store else None,
@@ -247,81 +386,214 @@ def simulate(
     )
 
 
-def _make_runner(plant, Kmat, policy, est, x0, dev, dt):
-    """Return a closure ``run(w, v) -> dict of (c, B, ·) tensors`` advancing one estimator's loop."""
+def _make_runner(plant, Kmat, policy, est, noise, Qz_np, dev, dt, chunk, store, fused_ok=True):
+    """Return a runner ``run(e, wv, lo, d, t0) -> (cost sum over steps lo.. of the chunk (B,), trajectories)``."""
     lin = getattr(est, "linear_gain", None)
-    lin = lin() if callable(lin) else None
+    lin = lin() if callable(lin) and fused_ok else None
     if Kmat is not None and lin is not None:
-        return _fused_runner(plant, Kmat, est.form, lin, x0, dev, dt)
-    return _generic_runner(plant, Kmat, policy, est, x0, dev, dt)
+        return _FusedRunner(plant, Kmat, est.form, lin, noise, Qz_np, dev, dt, chunk, store)
+    return _GenericRunner(plant, Kmat, policy, est, noise.x0, Qz_np, dev, dt, store)
 
 
-def _fused_runner(plant, Kmat, form, lin, x0, dev, dt):
-    """Fixed-gain linear observer under static feedback: ``ξ' = F ξ + G ν`` in one addmm per step."""
-    gain, model = lin
-    cl = closed_loop(plant, Kmat, gain, form, model=model)
-    F_T = tensor(cl.F.T, dev, dt).contiguous()
-    G_T, H_T, J_T = (tensor(M.T, dev, dt) for M in (cl.G, cl.H, cl.J))
-    sl = cl.slices()
-    xi = torch.cat([x0, tensor(model.m0, dev, dt).expand(x0.shape[0], -1)], dim=1)
-    state = {"xi": xi}
+def _quadratic_factor(Qz: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Return ``(U, sign)`` with ``z'Qz z = sum_i sign_i (z'U)_i^2`` (``sign is None``: all +1).
 
-    def run(w, v):
-        c, B = w.shape[0], w.shape[1]
-        drive = torch.cat([w, v], dim=-1) @ G_T  # (c, B, 2n)
-        Xi = torch.empty(c + 1, B, xi.shape[1], device=dev, dtype=dt)
-        Xi[0] = state["xi"]
-        for k in range(c):
-            torch.addmm(drive[k], Xi[k], F_T, out=Xi[k + 1])
-        state["xi"] = Xi[c]
-        out = Xi[:c] @ H_T + v @ J_T
-        return {key: out[..., s] for key, s in sl.items()}
-
-    return run
+    ``U = V sqrt|lambda|`` from the eigen-decomposition of the symmetric ``Qz``; zero
+    eigenvalues drop out, so the cost needs only ``rank(Qz)`` columns.
+    """
+    lam, V = np.linalg.eigh(0.5 * (Qz + Qz.T))
+    keep = np.abs(lam) > 1e-15 * max(float(np.abs(lam).max()), 1e-300)
+    if not keep.any():
+        keep[-1] = True
+    lam, V = lam[keep], V[:, keep]
+    U = V * np.sqrt(np.abs(lam))
+    return U, (None if (lam >= 0).all() else np.sign(lam))
 
 
-def _generic_runner(plant, Kmat, policy, est, x0, dev, dt):
+class _FusedRunner:
+    """Fixed-gain linear observer under static feedback: ``ξ' = F ξ + G ν`` in one addmm per step.
+
+    Per chunk of ``c`` steps: one GEMM turns the standard normals ``e`` into the drive
+    ``G [w; v]`` (written straight into the state buffer), ``c`` in-place ``addmm`` advance
+    the recursion, and two GEMMs and one reduction give each trajectory's cost
+    ``|Qz^{1/2} z|^2`` with ``z = [x; u] = Hz ξ + Jz v``, without forming ``x``/``u``
+    unless trajectories are stored. Buffers are reused from chunk to chunk.
+
+    On CUDA with a small batch (``B * 2n <= _SCAN_MAX_ROW``) the ``c`` launches of the
+    step loop would dominate, so the chunk is advanced instead by a log-depth scan
+    (``ξ[k] = Σ_j F^(k-j) d[j]`` by doubling: ``ceil(log2(c+1))`` GEMMs with ``F^(2^i)``),
+    the same numbers to rounding.
+    """
+
+    needs_wv = False
+
+    def __init__(self, plant, Kmat, form, lin, noise, Qz_np, dev, dt, chunk, store):
+        gain, model = lin
+        cl = closed_loop(plant, Kmat, gain, form, model=model)
+        n, p = plant.n, plant.p
+        Wh, Vh = noise.Wh_np, noise.Vh_np
+        # e -> [w; v]: blockdiag(Wh, Vh); only v enters the outputs
+        S = np.zeros((n + p, n + p))
+        S[:n, :n], S[n:, n:] = Wh, Vh
+        Sv = np.vstack([np.zeros((n, p)), Vh.T])  # (n+p, p): v = e @ Sv
+        sl = cl.slices()
+        rows = np.r_[np.arange(sl["x"].start, sl["x"].stop), np.arange(sl["u"].start, sl["u"].stop)]
+        U, sign = _quadratic_factor(Qz_np)
+        self.F_T = tensor(cl.F.T, dev, dt).contiguous()
+        self.Gd = tensor((cl.G @ S).T, dev, dt).contiguous()          # (n+p, 2n): drive = e @ Gd
+        self.Hq = tensor(cl.H[rows].T @ U, dev, dt).contiguous()      # (2n, k)
+        self.Jq = tensor(Sv @ cl.J[rows].T @ U, dev, dt).contiguous()  # (n+p, k)
+        self.sign = None if sign is None else tensor(sign, dev, dt)
+        if store:
+            self.H_T = tensor(cl.H.T, dev, dt).contiguous()
+            self.Je = tensor(Sv @ cl.J.T, dev, dt).contiguous()
+        self.sl, self.store = sl, store
+        B, w = noise.batch, 2 * n
+        self.Xi = torch.empty(chunk + 1, B, w, device=dev, dtype=dt)
+        self.Xi[0, :, :n] = noise.x0
+        self.Xi[0, :, n:] = tensor(model.m0, dev, dt)
+        self.r = torch.empty(chunk * B, self.Hq.shape[1], device=dev, dtype=dt)
+        self.scan = dev.type in _SCAN_DEVICES and chunk > 1 and B * w <= _SCAN_MAX_ROW
+        if self.scan:
+            self.Xi2 = torch.empty_like(self.Xi)
+            pows, P = [], cl.F.T
+            for _ in range(max(1, int(chunk).bit_length())):  # F'^(2^i) while 2^i <= chunk
+                pows.append(tensor(P, dev, dt).contiguous())
+                P = P @ P
+            self.pows = pows
+
+    def _scan(self, c: int) -> torch.Tensor:
+        """Advance ``Xi[:c+1]`` (state, then drives) by doubling; return the buffer that holds it."""
+        X, Y = self.Xi, self.Xi2
+        w = X.shape[2]
+        s, i = 1, 0
+        while s <= c:
+            # Y[k] = X[k] + X[k-s] F'^s for k >= s, Y[k] = X[k] below s
+            Y[:s].copy_(X[:s])
+            torch.addmm(X[s:c + 1].view(-1, w), X[:c + 1 - s].view(-1, w), self.pows[i],
+                        out=Y[s:c + 1].view(-1, w))
+            X, Y = Y, X
+            s, i = 2 * s, i + 1
+        self.Xi, self.Xi2 = X, Y
+        return X
+
+    def __call__(self, e, wv, lo, d=None, t0=0):
+        c, B, q = e.shape
+        w = self.Xi.shape[2]
+        torch.mm(e.view(c * B, q), self.Gd, out=self.Xi[1:c + 1].view(c * B, w))
+        if self.scan:
+            Xi = self._scan(c)[: c + 1]
+        else:
+            Xi = self.Xi[: c + 1]
+            F_T, rows = self.F_T, Xi.unbind(0)
+            for k in range(c):
+                rows[k + 1].addmm_(rows[k], F_T)
+        step_sum = None
+        if lo < c:
+            cc = c - lo
+            r = self.r[: cc * B]
+            torch.mm(Xi[lo:c].reshape(cc * B, w), self.Hq, out=r)
+            r.addmm_(e[lo:].reshape(cc * B, q), self.Jq)
+            r3 = r.view(cc, B, -1)
+            if self.sign is None:
+                step_sum = torch.linalg.vector_norm(r3, dim=(0, 2)).square_()
+            else:
+                step_sum = (r3 * r3 * self.sign).sum((0, 2))
+        traj = None
+        if self.store:
+            out = torch.mm(Xi[:c].reshape(c * B, w), self.H_T).addmm_(e.view(c * B, q), self.Je).view(c, B, -1)
+            traj = {key: out[..., s] for key, s in self.sl.items()}
+        self.Xi[0].copy_(Xi[c])
+        return step_sum, traj
+
+
+class _GenericRunner:
     """Any estimator and controller: one Python step per time step."""
-    A, B, C, D = (tensor(M, dev, dt) for M in (plant.A, plant.B, plant.C, plant.D))
-    batch = x0.shape[0]
-    est_state, x_hat = est.init(batch, device=dev, dtype=dt)
-    if tuple(x_hat.shape) != (batch, plant.n):
-        raise ShapeError(f"{type(est).__name__}.init returned an estimate of shape {tuple(x_hat.shape)}, expected {(batch, plant.n)}")
-    Kt = None if Kmat is None else tensor(Kmat.T, dev, dt)
 
-    def control(xh):
-        if Kt is not None:
-            return -(xh @ Kt)
-        u = policy(xh)
-        if not isinstance(u, torch.Tensor) or tuple(u.shape) != (batch, plant.m):
+    needs_wv = True
+
+    def __init__(self, plant, Kmat, policy, est, x0, Qz_np, dev, dt, store):
+        self.linear = isinstance(plant, Plant)
+        if self.linear:
+            self.A_T, self.B_T, self.C_T = (tensor(M.T, dev, dt).contiguous() for M in (plant.A, plant.B, plant.C))
+            self.D_T = tensor(plant.D.T, dev, dt).contiguous() if plant.has_feedthrough else None
+        self.diverged_at: int | None = None
+        batch = x0.shape[0]
+        est_state, x_hat = est.init(batch, device=dev, dtype=dt)
+        if tuple(x_hat.shape) != (batch, plant.n):
+            raise ShapeError(f"{type(est).__name__}.init returned an estimate of shape {tuple(x_hat.shape)}, expected {(batch, plant.n)}")
+        self.Kt = None if Kmat is None else tensor(-Kmat.T, dev, dt).contiguous()
+        self.policy, self.est, self.plant = policy, est, plant
+        self.Qz = tensor(Qz_np, dev, dt)
+        self.batch, self.dev, self.dt = batch, dev, dt
+        self.st = {"x": x0.clone(), "est": est_state, "x_hat": x_hat,
+                   "u_prev": torch.zeros(batch, plant.m, device=dev, dtype=dt)}
+        self.predictor = est.form == "predictor"
+
+    def control(self, xh):
+        if self.Kt is not None:
+            return xh @ self.Kt
+        u = self.policy(xh)
+        shape = (self.batch, self.plant.m)
+        if not isinstance(u, torch.Tensor) or tuple(u.shape) != shape:
             got = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
-            raise ShapeError(f"the policy must return a tensor of shape {(batch, plant.m)}, got {got}")
+            raise ShapeError(f"the policy must return a tensor of shape {shape}, got {got}")
         return u
 
-    st = {"x": x0.clone(), "est": est_state, "x_hat": x_hat, "u_prev": torch.zeros(batch, plant.m, device=dev, dtype=dt)}
-    predictor = est.form == "predictor"
+    def _check(self, xh):
+        shape = (self.batch, self.plant.n)
+        if not isinstance(xh, torch.Tensor) or tuple(xh.shape) != shape:
+            got = tuple(xh.shape) if isinstance(xh, torch.Tensor) else type(xh).__name__
+            raise ShapeError(f"{type(self.est).__name__}.step returned an estimate of shape {got}, expected {shape}")
+        return xh
 
-    def run(w, v):
-        c = w.shape[0]
+    def _output(self, x, u_in, v):
+        """``y = C x + D u_in + v`` (linear) or ``h(x) + v`` (nonlinear)."""
+        if not self.linear:
+            return self.plant.h(x) + v
+        y = torch.addmm(v, x, self.C_T)
+        return y if self.D_T is None else y.addmm_(u_in, self.D_T)
+
+    def _next(self, x, u_in, w):
+        """``A x + B u_in + w`` (linear) or ``f(x, u_in) + w`` (nonlinear)."""
+        if not self.linear:
+            return self.plant.f(x, u_in) + w
+        return torch.addmm(w, x, self.A_T).addmm_(u_in, self.B_T)
+
+    def __call__(self, e, wv, lo, d=None, t0=0):
+        w, v = wv
+        c, batch, plant = w.shape[0], self.batch, self.plant
+        dev, dt = self.dev, self.dt
         xs = torch.empty(c, batch, plant.n, device=dev, dtype=dt)
         xhs, us = torch.empty_like(xs), torch.empty(c, batch, plant.m, device=dev, dtype=dt)
         ys = torch.empty(c, batch, plant.p, device=dev, dtype=dt)
+        est, control, check = self.est, self.control, self._check
+        st = self.st
         x, es, xh, u_prev = st["x"], st["est"], st["x_hat"], st["u_prev"]
         for k in range(c):
-            if predictor:
+            xs[k] = x
+            if self.predictor:
                 u = control(xh)
-                y = x @ C.T + u @ D.T + v[k]
+                u_in = u if d is None else u + d[k]
+                y = self._output(x, u_in, v[k])
                 xhs[k] = xh
                 es, xh = est.step(es, y, u)
+                check(xh)
             else:
-                y = x @ C.T + v[k]
+                y = self._output(x, None, v[k])  # D = 0 in current form (checked in simulate)
                 es, xh = est.step(es, y, u_prev)
-                u = control(xh)
+                u = control(check(xh))
                 xhs[k] = xh
                 u_prev = u
-            xs[k], us[k], ys[k] = x, u, y
-            x = x @ A.T + u @ B.T + w[k]
+                u_in = u if d is None else u + d[k]
+            us[k], ys[k] = u, y
+            x = self._next(x, u_in, w[k])
         st.update(x=x, est=es, x_hat=xh, u_prev=u_prev)
-        return {"x": xs, "x_hat": xhs, "u": us, "y": ys}
-
-    return run
+        if self.diverged_at is None and not bool(torch.isfinite(x).all()):
+            bad = (~torch.isfinite(xs).reshape(c, -1).all(dim=1)).nonzero()
+            self.diverged_at = t0 + (int(bad[0]) if bad.numel() else c)
+        step_sum = None
+        if lo < c:
+            z = torch.cat([xs[lo:], us[lo:]], dim=-1)
+            step_sum = ((z @ self.Qz) * z).sum(-1).sum(0)
+        return step_sum, {"x": xs, "x_hat": xhs, "u": us, "y": ys}
