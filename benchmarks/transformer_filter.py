@@ -58,6 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per configuration, best kept (default 2)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--compile", action="store_true",
+                    help="also time each TF implementation with compile=True (torch.compile of the step core)")
     return ap.parse_args(argv)
 
 
@@ -121,6 +123,8 @@ def main(argv=None) -> None:
           f"repeats={args.repeats} (best), simulate(store=False); rates in trajectory-steps/s; "
           "ratio = rate / Kalman rate; cost = mean cost per step (same noise)")
     cols = ["kalman"] + [f"tf-{'attn' if i == 'attention' else i}" for i in args.impls]
+    if args.compile:
+        cols += [f"tf-{'attn' if i == 'attention' else i}+c" for i in args.impls]
     head = f"{'device':>6} {'dtype':>7} {'batch':>8} {'T':>4}  " + "  ".join(f"{c:>9}" for c in cols) + "  " + \
         "  ".join(f"{c + '/kal':>14}" for c in cols[1:]) + "  " + "  ".join(f"{'J ' + c:>12}" for c in cols)
     print(head)
@@ -138,6 +142,9 @@ def main(argv=None) -> None:
                 for impl in args.impls:
                     name = f"tf-{'attn' if impl == 'attention' else impl}"
                     ests[name] = lqgt.TransformerFilter(plant, beta=args.beta, window=args.window, K=K, impl=impl)
+                    if args.compile:
+                        ests[name + "+c"] = lqgt.TransformerFilter(plant, beta=args.beta, window=args.window, K=K,
+                                                                   impl=impl, compile=True)
                 rates, costs = {}, {}
                 for name, est in ests.items():
                     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import scipy.linalg
 
 from .errors import (
     NonFiniteError,
@@ -24,6 +25,21 @@ from .errors import (
 SYM_RTOL = 1e-8
 #: A mode with ``|lambda| >= 1 - STAB_TOL`` counts as not asymptotically stable.
 STAB_TOL = 1e-9
+
+
+def _real_array(name: str, M: Any, what: str) -> np.ndarray:
+    """``np.array(M, float64)``, refusing non-numeric input and complex entries by name."""
+    try:
+        raw = np.asarray(M)
+        if np.iscomplexobj(raw):
+            if np.any(raw.imag != 0):
+                raise ShapeError(f"{name} must be a real {what}, got complex entries")
+            raw = raw.real
+        return np.array(raw, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ShapeError):
+            raise
+        raise ShapeError(f"{name} must be a numeric {what}: {exc}") from None
 
 
 def as_matrix(name: str, M: Any, shape: tuple[int | None, int | None] | None = None) -> np.ndarray:
@@ -51,10 +67,7 @@ def as_matrix(name: str, M: Any, shape: tuple[int | None, int | None] | None = N
     NonFiniteError
         If ``M`` has NaN or infinite entries.
     """
-    try:
-        arr = np.array(M, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ShapeError(f"{name} must be a numeric matrix: {exc}") from None
+    arr = _real_array(name, M, "matrix")
     if arr.ndim == 0:
         arr = arr.reshape(1, 1)
     elif arr.ndim == 1:
@@ -72,8 +85,10 @@ def as_matrix(name: str, M: Any, shape: tuple[int | None, int | None] | None = N
     if shape is not None:
         for k, want in enumerate(shape):
             if want is not None and arr.shape[k] != want:
-                expected = tuple("·" if s is None else s for s in shape)
+                expected = "(" + ", ".join("·" if s is None else str(s) for s in shape) + ")"
                 raise ShapeError(f"{name} has shape {arr.shape}, expected {expected}")
+    if 0 in arr.shape:
+        raise ShapeError(f"{name} is empty (shape {arr.shape}); lqgt needs at least one state, input and output")
     if not np.all(np.isfinite(arr)):
         raise NonFiniteError(f"{name} contains NaN or infinite entries")
     return np.ascontiguousarray(arr)
@@ -81,7 +96,7 @@ def as_matrix(name: str, M: Any, shape: tuple[int | None, int | None] | None = N
 
 def as_vector(name: str, v: Any, n: int) -> np.ndarray:
     """Convert ``v`` to a finite float64 vector of length ``n`` (``(n,)`` or ``(n, 1)`` accepted)."""
-    arr = np.array(v, dtype=np.float64)
+    arr = _real_array(name, v, "vector")
     if arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr[:, 0]
     if arr.ndim == 0 and n == 1:
@@ -157,6 +172,11 @@ def _uncontrollable_unstable_modes(A: np.ndarray, B: np.ndarray) -> list[complex
     """Eigenvalues ``lam`` of ``A`` with ``|lam| >= 1`` for which ``[A - lam I, B]`` loses rank (PBH)."""
     n = A.shape[0]
     bad: list[complex] = []
+    if n > 1:
+        # Diagonal balancing (exact: powers of 2) makes the rank test independent of how the
+        # states are scaled; without it a badly scaled but stabilizable pair is refused.
+        A, (sc, _) = scipy.linalg.matrix_balance(A, permute=False, separate=True)
+        B = B / sc[:, None]
     eigs = np.linalg.eigvals(A)
     unstable = eigs[np.abs(eigs) >= 1.0 - STAB_TOL]
     if unstable.size == 0:

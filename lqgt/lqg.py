@@ -9,7 +9,7 @@ import scipy.linalg
 
 from ._linalg import as_matrix, check_psd, spectral_radius, symmetrize
 from .closed_loop import check_form, closed_loop
-from .errors import NotPositiveDefiniteError
+from .errors import NotPositiveDefiniteError, ShapeError
 from .plant import Plant
 from .riccati import dlqe, dlqr
 
@@ -34,6 +34,11 @@ def cost_weights(plant: Plant, Q, R, N=None) -> tuple[np.ndarray, np.ndarray, np
     -------
     Q, R, N : numpy.ndarray
     """
+    if not isinstance(plant, Plant):
+        raise ShapeError(
+            f"plant must be an lqgt.Plant, got {type(plant).__name__} "
+            "(build one with lqgt.Plant(A, B, C, W=W, V=V))"
+        )
     n, m = plant.n, plant.m
     Q = check_psd("Q", as_matrix("Q", Q, (n, n)), strict=False)
     R = check_psd("R", as_matrix("R", R, (m, m)), strict=True)
@@ -61,7 +66,9 @@ class LQGDesign:
     P : numpy.ndarray, shape (n, n)
         Filter DARE solution (prior error covariance).
     cost : float
-        Exact average cost per step of the optimal (current-form) LQG controller.
+        Exact average cost per step of the optimal (current-form) LQG controller. With a
+        feedthrough ``D`` the controller solves the algebraic loop ``(I - K Lf D) u = ...``
+        and the cost equals that of the plant without ``D``.
     cost_predictor : float
         Exact average cost of the same K with the predictor estimate (``u[t]`` from
         ``x̂[t|t-1]``), the loop the Transformer Filter copies.
@@ -109,10 +116,12 @@ def lqg(plant: Plant, Q, R, N=None) -> LQGDesign:
     K, X, _ = dlqr(plant.A, plant.B, Q, R, N)
     L, P, _ = dlqe(plant.A, plant.C, plant.W, plant.V)
     Lf = P @ plant.C.T @ np.linalg.inv(plant.C @ P @ plant.C.T + plant.V)
-    if plant.has_feedthrough:
-        cost = float("nan")
-    else:
-        cost = lqg_cost(plant, Q, R, K, Lf, form="current", N=N)
+    # With a feedthrough D the current-form controller must solve the algebraic loop
+    # (I - K Lf D) u = -K (x̄ + Lf (y - C x̄)); the D u terms then cancel in the innovation,
+    # so the closed loop, and its cost, are those of the plant without D.
+    no_d = plant if not plant.has_feedthrough else Plant(
+        plant.A, plant.B, plant.C, W=plant.W, V=plant.V, m0=plant.m0, P0=plant.P0, dt=plant.dt)
+    cost = lqg_cost(no_d, Q, R, K, Lf, form="current", N=N)
     cost_p = lqg_cost(plant, Q, R, K, L, form="predictor", N=N)
     return LQGDesign(K=K, L=L, Lf=Lf, X=X, P=P, cost=cost, cost_predictor=cost_p, Q=Q, R=R, N=N)
 

@@ -18,6 +18,17 @@ from .errors import ShapeError
 __all__ = ["Plant", "van_loan"]
 
 
+def _sample_time(dt) -> float:
+    """``float(dt)``, refusing anything but a positive finite number (by name)."""
+    try:
+        val = float(dt)
+    except (TypeError, ValueError):
+        val = float("nan")
+    if not (np.isfinite(val) and val > 0):
+        raise ShapeError(f"dt must be a positive finite sample time, got {dt!r}")
+    return val
+
+
 def van_loan(Ac, Bc, Wc, dt: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact discretisation of ``dx = (Ac x + Bc u) dt + dw`` over one sample.
 
@@ -46,8 +57,7 @@ def van_loan(Ac, Bc, Wc, dt: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     Ac = as_matrix("Ac", Ac, (n, n))
     Bc = as_matrix("Bc", Bc, (n, None))
     Wc = check_psd("Wc", as_matrix("Wc", Wc, (n, n)), strict=False)
-    if not (np.isfinite(dt) and dt > 0):
-        raise ShapeError(f"dt must be a positive finite sample time, got {dt!r}")
+    dt = _sample_time(dt)
     m = Bc.shape[1]
     # ZOH: expm([[Ac, Bc], [0, 0]] dt) = [[A, B], [0, I]]
     Z = np.zeros((n + m, n + m))
@@ -135,9 +145,7 @@ class Plant:
         V = check_psd("V", as_matrix("V", self.V, (p, p)), strict=True)
         m0 = np.zeros(n) if self.m0 is None else as_vector("m0", self.m0, n)
         P0 = np.eye(n) if self.P0 is None else check_psd("P0", as_matrix("P0", self.P0, (n, n)), strict=False)
-        dt = float(self.dt)
-        if not (np.isfinite(dt) and dt > 0):
-            raise ShapeError(f"dt must be a positive finite sample time, got {self.dt!r}")
+        dt = _sample_time(self.dt)
         for name, val in dict(A=A, B=B, C=C, D=D, W=W, V=V, m0=m0, P0=P0, dt=dt).items():
             if isinstance(val, np.ndarray):
                 val.setflags(write=False)
@@ -249,7 +257,19 @@ class Plant:
         return control.ss(self.A, self.B, self.C, self.D, self.dt)
 
     def with_noise(self, *, W=None, V=None) -> "Plant":
-        """Return a copy with a different process and/or measurement noise covariance."""
+        """Return a copy with a different process and/or measurement noise covariance.
+
+        Parameters
+        ----------
+        W : array_like, shape (n, n), optional
+            New process-noise covariance; the current one when omitted.
+        V : array_like, shape (p, p), optional
+            New measurement-noise covariance; the current one when omitted.
+
+        Returns
+        -------
+        Plant
+        """
         return Plant(
             self.A, self.B, self.C, W=self.W if W is None else W, V=self.V if V is None else V,
             D=self.D, m0=self.m0, P0=self.P0, dt=self.dt,

@@ -28,7 +28,7 @@ from ._linalg import (
     spectral_radius,
     symmetrize,
 )
-from .errors import NotDetectableError, NotStabilizableError, RiccatiError
+from .errors import NotDetectableError, NotPositiveDefiniteError, NotStabilizableError, RiccatiError
 
 __all__ = ["dare", "dlqr", "dlqe"]
 
@@ -74,6 +74,11 @@ def _sda(A: np.ndarray, G: np.ndarray, H: np.ndarray) -> np.ndarray | None:
     n = A.shape[0]
     eye = np.eye(n)
     Ak, Gk, Hk = A, G, H
+    with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected and reported below
+        return _sda_loop(Ak, Gk, Hk, eye, n)
+
+
+def _sda_loop(Ak, Gk, Hk, eye, n):
     for _ in range(_SDA_MAXITER):
         try:
             sol = np.linalg.solve(eye + Gk @ Hk, np.hstack([Ak, Gk]))
@@ -93,25 +98,56 @@ def _sda(A: np.ndarray, G: np.ndarray, H: np.ndarray) -> np.ndarray | None:
 
 
 def _solve_dare(A, B, Q, R, S) -> tuple[np.ndarray, np.ndarray]:
+    """Checked inputs in, (X, K) out; a numerically singular problem is a RiccatiError."""
+    try:
+        return _solve_dare_unguarded(A, B, Q, R, S)
+    except np.linalg.LinAlgError as exc:
+        raise RiccatiError(
+            f"the DARE is numerically singular ({exc}); check the scaling of the matrices"
+        ) from None
+
+
+def _solve_dare_unguarded(A, B, Q, R, S) -> tuple[np.ndarray, np.ndarray]:
     """Checked inputs in, (X, K) out; SDA first, scipy fallback, stabilizing check last."""
     Rinv_St = np.linalg.solve(R, S.T)
     As = A - B @ Rinv_St
     Qs = symmetrize(Q - S @ Rinv_St)
     G = symmetrize(B @ np.linalg.solve(R, B.T))
     X = _sda(As, G, Qs)
-    if X is None or _residual(A, B, Q, R, S, X) > _RESIDUAL_RTOL:
+    if X is not None and _residual(A, B, Q, R, S, X) <= _RESIDUAL_RTOL:
+        K = np.linalg.solve(R + B.T @ X @ B, B.T @ X @ A + S.T)
+        rho = spectral_radius(A - B @ K)
+    else:
+        rho = math.inf
+    if not np.isfinite(rho) or rho >= 1.0 - STAB_TOL:
+        # SDA failed, was inaccurate, or found a non-stabilizing solution (it does when
+        # (Q^1/2, A) has unobservable modes outside the unit circle, e.g. Q = 0)
         try:
             X = scipy.linalg.solve_discrete_are(A, B, Q, R, s=S)
         except (np.linalg.LinAlgError, ValueError) as exc:
             raise RiccatiError(f"the DARE has no stabilizing solution ({exc})") from None
         X = symmetrize(X)
-    K = np.linalg.solve(R + B.T @ X @ B, B.T @ X @ A + S.T)
-    rho = spectral_radius(A - B @ K)
+        K = np.linalg.solve(R + B.T @ X @ B, B.T @ X @ A + S.T)
+        rho = spectral_radius(A - B @ K)
     if not np.isfinite(rho) or rho >= 1.0 - STAB_TOL:
         raise RiccatiError(
             f"the DARE solution is not stabilizing (spectral radius of A - BK = {rho:.6g})"
         )
     return X, K
+
+
+def _solve_or_diagnose(A, B, Q, R, S, diagnose) -> tuple[np.ndarray, np.ndarray]:
+    """Solve; only when no stabilizing solution is found run ``diagnose()`` to name the cause.
+
+    A converged, stabilizing solution proves stabilizability and the absence of
+    unobservable unit-circle modes, so the (comparatively costly) PBH tests are needed
+    only to explain a failure.
+    """
+    try:
+        return _solve_dare(A, B, Q, R, S)
+    except RiccatiError:
+        diagnose()  # raises NotStabilizableError / NotDetectableError when that is the cause
+        raise
 
 
 def _check_lq(A, B, Q, R, S, names):
@@ -129,7 +165,7 @@ def _check_lq(A, B, Q, R, S, names):
     S = as_matrix(nS, S, (n, m))
     Qs = symmetrize(Q - S @ np.linalg.solve(R, S.T))
     if np.min(np.linalg.eigvalsh(Qs)) < -1e-8 * max(1.0, float(np.abs(Q).max())):
-        raise RiccatiError(
+        raise NotPositiveDefiniteError(
             f"[[{nQ}, {nS}], [{nS}', {nR}]] must be positive semidefinite "
             f"({nQ} - {nS} {nR}^-1 {nS}' has a negative eigenvalue)"
         )
@@ -175,10 +211,12 @@ def dare(A, B, Q, R, S=None) -> np.ndarray:
     Unlike :func:`control.dare`, only ``X`` is returned; use :func:`dlqr` for the gain.
     """
     A, B, Q, R, S, Qs = _check_lq(A, B, Q, R, S, ("A", "B", "Q", "R", "S"))
-    check_stabilizable(A, B, ("A", "B"))
-    As = A - B @ np.linalg.solve(R, S.T)
-    _check_unit_circle_observable(As, Qs, ("A", "Q"))
-    X, _ = _solve_dare(A, B, Q, R, S)
+
+    def diagnose():
+        check_stabilizable(A, B, ("A", "B"))
+        _check_unit_circle_observable(A - B @ np.linalg.solve(R, S.T), Qs, ("A", "Q"))
+
+    X, _ = _solve_or_diagnose(A, B, Q, R, S, diagnose)
     return X
 
 
@@ -217,9 +255,12 @@ def dlqr(A, B, Q, R, N=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         As for :func:`dare`.
     """
     A, B, Q, R, N, Qs = _check_lq(A, B, Q, R, N, ("A", "B", "Q", "R", "N"))
-    check_stabilizable(A, B, ("A", "B"))
-    _check_unit_circle_observable(A - B @ np.linalg.solve(R, N.T), Qs, ("A", "Q"))
-    X, K = _solve_dare(A, B, Q, R, N)
+
+    def diagnose():
+        check_stabilizable(A, B, ("A", "B"))
+        _check_unit_circle_observable(A - B @ np.linalg.solve(R, N.T), Qs, ("A", "Q"))
+
+    X, K = _solve_or_diagnose(A, B, Q, R, N, diagnose)
     return K, X, np.linalg.eigvals(A - B @ K)
 
 
@@ -271,13 +312,15 @@ def dlqe(A, C, W, V) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     p = C.shape[0]
     W = check_psd("W", as_matrix("W", W, (n, n)), strict=False)
     V = check_psd("V", as_matrix("V", V, (p, p)), strict=True)
-    check_detectable(A, C, ("A", "C"))
-    try:
-        _check_unit_circle_observable(A.T, W, ("A", "W"))
-    except NotDetectableError as exc:
-        raise NotStabilizableError(
-            str(exc).replace("unobservable", "unreachable").replace("weight on", "process noise on")
-        ) from None
-    P, LT = _solve_dare(A.T, C.T, W, V, np.zeros((n, p)))
+    def diagnose():
+        check_detectable(A, C, ("A", "C"))
+        try:
+            _check_unit_circle_observable(A.T, W, ("A", "W"))
+        except NotDetectableError as exc:
+            raise NotStabilizableError(
+                str(exc).replace("unobservable", "unreachable").replace("weight on", "process noise on")
+            ) from None
+
+    P, LT = _solve_or_diagnose(A.T, C.T, W, V, np.zeros((n, p)), diagnose)
     L = LT.T
     return L, P, np.linalg.eigvals(A - L @ C)

@@ -46,11 +46,46 @@ class Estimator(Protocol):
     n: int
 
     def init(self, batch: int, *, device: torch.device, dtype: torch.dtype) -> tuple[Any, torch.Tensor]:
-        """Return the state for ``batch`` trajectories and the initial estimate ``(batch, n)``."""
+        """Return the state for ``batch`` trajectories and the initial estimate ``(batch, n)``.
+
+        Parameters
+        ----------
+        batch : int
+            Number of trajectories.
+        device : torch.device
+            Device of the returned tensors.
+        dtype : torch.dtype
+            Floating-point type of the returned tensors.
+
+        Returns
+        -------
+        state : object
+            The estimator state, passed back to :meth:`step`.
+        x_hat0 : torch.Tensor, shape (batch, n)
+            The initial estimate.
+        """
         ...
 
     def step(self, state: Any, y: torch.Tensor, u: torch.Tensor) -> tuple[Any, torch.Tensor]:
-        """Consume ``y`` ``(B, p)`` and ``u`` ``(B, m)``; return the new state and estimate ``(B, n)``."""
+        """Consume ``y`` ``(B, p)`` and ``u`` ``(B, m)``; return the new state and estimate ``(B, n)``.
+
+        Parameters
+        ----------
+        state : object
+            The state returned by :meth:`init` or the previous :meth:`step`.
+        y : torch.Tensor, shape (batch, p)
+            The newest measurement ``y[t]``.
+        u : torch.Tensor, shape (batch, m)
+            The newest input already applied (``u[t]`` in predictor form, ``u[t-1]`` in
+            current form).
+
+        Returns
+        -------
+        state : object
+            The new state.
+        x_hat : torch.Tensor, shape (batch, n)
+            The estimate the controller uses next.
+        """
         ...
 
 

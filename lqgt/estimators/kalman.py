@@ -57,12 +57,47 @@ class LinearObserver:
         return tuple(tensor(M, device, dtype) for M in (P.A, P.B, P.C, P.D, self.gain))
 
     def init(self, batch: int, *, device: torch.device, dtype: torch.dtype) -> tuple[Any, torch.Tensor]:
-        """Return the state and the initial estimate ``m0`` repeated ``(batch, n)``."""
+        """Return the state and the initial estimate ``m0`` repeated ``(batch, n)``.
+
+        Parameters
+        ----------
+        batch : int
+            Number of trajectories.
+        device : torch.device
+            Device of the returned tensors.
+        dtype : torch.dtype
+            Floating-point type of the returned tensors.
+
+        Returns
+        -------
+        state : object
+            The estimator state, passed back to :meth:`step`.
+        x_hat0 : torch.Tensor, shape (batch, n)
+            The initial estimate.
+        """
         x0 = tensor(self.plant.m0, device, dtype).expand(batch, -1).clone()
         return (x0, self._mats(device, dtype), False), x0
 
     def step(self, state, y: torch.Tensor, u: torch.Tensor) -> tuple[Any, torch.Tensor]:
-        """One observer step (see :mod:`lqgt.estimators.base` for the timing of ``u``)."""
+        """One observer step (see :mod:`lqgt.estimators.base` for the timing of ``u``).
+
+        Parameters
+        ----------
+        state : object
+            The state returned by :meth:`init` or the previous :meth:`step`.
+        y : torch.Tensor, shape (batch, p)
+            The newest measurement ``y[t]``.
+        u : torch.Tensor, shape (batch, m)
+            The newest input already applied (``u[t]`` in predictor form, ``u[t-1]`` in
+            current form).
+
+        Returns
+        -------
+        state : object
+            The new state.
+        x_hat : torch.Tensor, shape (batch, n)
+            The estimate the controller uses next.
+        """
         x, (A, B, C, D, G), started = state
         if self.form == "predictor":
             innov = y - x @ C.T - u @ D.T
@@ -123,7 +158,24 @@ class KalmanFilter(LinearObserver):
         return super().linear_gain() if self.steady else None
 
     def init(self, batch: int, *, device: torch.device, dtype: torch.dtype) -> tuple[Any, torch.Tensor]:
-        """Return the state and the initial estimate ``m0`` repeated ``(batch, n)``."""
+        """Return the state and the initial estimate ``m0`` repeated ``(batch, n)``.
+
+        Parameters
+        ----------
+        batch : int
+            Number of trajectories.
+        device : torch.device
+            Device of the returned tensors.
+        dtype : torch.dtype
+            Floating-point type of the returned tensors.
+
+        Returns
+        -------
+        state : object
+            The estimator state, passed back to :meth:`step`.
+        x_hat0 : torch.Tensor, shape (batch, n)
+            The initial estimate.
+        """
         if self.steady:
             return super().init(batch, device=device, dtype=dtype)
         x0 = tensor(self.plant.m0, device, dtype).expand(batch, -1).clone()
@@ -132,7 +184,25 @@ class KalmanFilter(LinearObserver):
         return (x0, P0, mats, False), x0
 
     def step(self, state, y: torch.Tensor, u: torch.Tensor) -> tuple[Any, torch.Tensor]:
-        """One filter step (see :mod:`lqgt.estimators.base` for the timing of ``u``)."""
+        """One filter step (see :mod:`lqgt.estimators.base` for the timing of ``u``).
+
+        Parameters
+        ----------
+        state : object
+            The state returned by :meth:`init` or the previous :meth:`step`.
+        y : torch.Tensor, shape (batch, p)
+            The newest measurement ``y[t]``.
+        u : torch.Tensor, shape (batch, m)
+            The newest input already applied (``u[t]`` in predictor form, ``u[t-1]`` in
+            current form).
+
+        Returns
+        -------
+        state : object
+            The new state.
+        x_hat : torch.Tensor, shape (batch, n)
+            The estimate the controller uses next.
+        """
         if self.steady:
             return super().step(state, y, u)
         x, P, mats, started = state

@@ -122,7 +122,18 @@ class TransformerFilterAttention(nn.Module):
         return blk
 
     def project(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Queries, keys and values of tokens ``z`` ``(..., d)``: shapes ``(..., 1+d)``, ``(..., 1+d)``, ``(..., n)``."""
+        """Queries, keys and values of tokens ``z`` ``(..., d)``: shapes ``(..., 1+d)``, ``(..., 1+d)``, ``(..., n)``.
+
+        Parameters
+        ----------
+        z : torch.Tensor, shape (..., d)
+            Tokens ``[x̃; y]``.
+
+        Returns
+        -------
+        q, k, v : torch.Tensor
+            Queries, keys and values.
+        """
         phi = quadratic_embedding(z)
         return self.W_q(phi), self.W_k(phi), self.W_v(phi)
 
