@@ -3,6 +3,17 @@
 from . import errors, plants
 from .errors import LqgtError
 from .estimators import Estimator, KalmanFilter, LinearObserver, OpenLoopObserver, TransformerFilter, TransformerFilterAttention
+from .frequency import (
+    FrequencyResponse,
+    LoopMargins,
+    LqrMarginBound,
+    controller,
+    frequency_response,
+    loop_margins,
+    loop_transfer,
+    lqr_guaranteed_margins,
+    lqr_loop_transfer,
+)
 from .lqg import LQGDesign, lqg, lqg_cost
 from .plant import Plant
 from .riccati import dare, dlqe, dlqr
@@ -31,6 +42,15 @@ __all__ = [
     "SimulationResult",
     "DivergenceWarning",
     "LqgtError",
+    "controller",
+    "loop_transfer",
+    "lqr_loop_transfer",
+    "loop_margins",
+    "LoopMargins",
+    "lqr_guaranteed_margins",
+    "LqrMarginBound",
+    "frequency_response",
+    "FrequencyResponse",
     "errors",
     "plants",
 ]

@@ -604,3 +604,275 @@ def _colormap(name: str, log: bool):
     except KeyError:
         raise ConfigError(f"unknown colormap {name!r}") from None
     return cm.with_extremes(under=cm(0.0), bad="0.88")
+
+
+# ---------------------------------------------------------------- Bode plots
+
+__all__ += ["bode", "bode_data"]
+
+
+def _phase_branch(phase_deg: np.ndarray, center: float) -> np.ndarray:
+    """Shift an unwrapped phase by a multiple of 360° so its first value lies in ``(center - 180, center + 180]``."""
+    if phase_deg.size == 0 or not np.isfinite(phase_deg[0]):
+        return phase_deg
+    k = math.ceil((phase_deg[0] - center - 180.0) / 360.0)
+    return phase_deg - 360.0 * k
+
+
+def bode_data(omega, response, *, reference=None, phase_center: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Magnitude (dB) and phase (deg) of a frequency response, with the unwrapping convention of :func:`bode`.
+
+    Conventions: magnitude ``20 log10 |H|`` in dB (``-inf`` where ``H = 0``). Phase
+    ``angle(H)`` in degrees, unwrapped along increasing frequency (no jump larger than
+    180° between neighbouring frequencies), then shifted by a whole number of turns so
+    that the value at the lowest frequency lies in ``(phase_center - 180°,
+    phase_center + 180°]``. With ``reference`` (a curve), each point instead takes the
+    branch (``angle + 360° k``) nearest to the reference phase interpolated, linearly in
+    ``log ω``, at its frequency: use this for sparse measured points drawn over a curve.
+
+    Parameters
+    ----------
+    omega : array_like, shape (k,)
+        Frequencies (rad/s, > 0 for a log axis), any order.
+    response : array_like of complex, shape (k,)
+        Frequency response ``H(e^{jω dt})`` (or ``H(jω)``).
+    reference : (array_like, array_like), optional
+        ``(omega_ref, phase_ref_deg)``: a curve's frequencies and (already unwrapped)
+        phase in degrees, e.g. from ``bode_data`` of the analytic curve.
+    phase_center : float
+        Centre (deg) of the branch of the lowest-frequency value (ignored with
+        ``reference``).
+
+    Returns
+    -------
+    mag_db : numpy.ndarray, shape (k,)
+    phase_deg : numpy.ndarray, shape (k,)
+        In the order of ``omega`` as given.
+
+    Raises
+    ------
+    ShapeError
+        ``omega`` and ``response`` are not 1-D of one length, or the reference is malformed.
+    NonFiniteError
+        Non-finite frequencies.
+    """
+    w = np.asarray(omega, dtype=float)
+    H = np.asarray(response, dtype=complex)
+    if w.ndim != 1 or H.shape != w.shape:
+        raise ShapeError(f"omega and response must be 1-D of the same length, got shapes {w.shape} and {H.shape}")
+    if not np.all(np.isfinite(w)):
+        raise NonFiniteError("omega contains NaN or infinite frequencies")
+    with np.errstate(divide="ignore"):
+        mag = 20.0 * np.log10(np.abs(H))
+    ang = np.degrees(np.angle(H))
+    if reference is not None:
+        try:
+            w_ref, ph_ref = (np.asarray(a, dtype=float) for a in reference)
+        except (TypeError, ValueError):
+            raise ShapeError("reference must be a pair (omega_ref, phase_ref_deg) of 1-D arrays") from None
+        if w_ref.ndim != 1 or ph_ref.shape != w_ref.shape or w_ref.size == 0:
+            raise ShapeError(f"reference arrays must be 1-D of one non-zero length, got {w_ref.shape} and {ph_ref.shape}")
+        o = np.argsort(w_ref)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ref = np.interp(np.log(w), np.log(w_ref[o]), ph_ref[o])
+        return mag, ang + 360.0 * np.round((ref - ang) / 360.0)
+    o = np.argsort(w, kind="stable")
+    ph = np.empty_like(ang)
+    ph[o] = _phase_branch(np.degrees(np.unwrap(np.radians(ang[o]))), phase_center)
+    return mag, ph
+
+
+def _evaluate(name: str, item, omega, dt):
+    """``(omega, H, dt)`` of a curve given as a python-control LTI system or as ``(omega, H)``."""
+    import control
+
+    if isinstance(item, control.LTI):
+        if not item.issiso():
+            raise ShapeError(f"{name!r}: the system is {item.noutputs} x {item.ninputs}; bode draws SISO responses, "
+                             "pick one, e.g. sys[0, 0]")
+        sys_dt = item.dt
+        discrete = sys_dt not in (None, 0) and sys_dt is not False
+        if discrete:
+            d = 1.0 if sys_dt is True else float(sys_dt)
+            if dt is not None and not math.isclose(d, dt, rel_tol=1e-9):
+                raise ConfigError(f"{name!r} has sample time {d} but dt={dt} (all discrete curves must share one)")
+            dt = d
+        if omega is None:
+            if not discrete:
+                raise ConfigError(f"{name!r} is continuous-time: pass omega= (rad/s) to evaluate it")
+            nyq = math.pi / dt
+            # stop just short of π/dt: a sampled plant often has a zero at z = -1 (|H| = 0 there)
+            omega = np.logspace(math.log10(nyq) - 4.0, math.log10(nyq * (1.0 - 1e-3)), 1000)
+        w = np.asarray(omega, dtype=float)
+        if discrete and np.any(w > math.pi / dt * (1 + 1e-12)):
+            raise ConfigError(f"omega exceeds the Nyquist frequency π/dt = {math.pi / dt:.6g} rad/s of {name!r}")
+        H = np.asarray(item.frequency_response(w).complex, dtype=complex).reshape(-1)
+        return w, H, dt
+    try:
+        w, H = item
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name!r} must be a control LTI system or a pair (omega, response)") from None
+    return np.asarray(w, dtype=float), np.asarray(H, dtype=complex), dt
+
+
+def _phase_locator(lo: float, hi: float):
+    from matplotlib.ticker import MultipleLocator
+
+    span = max(hi - lo, 1e-9)
+    for base in (15.0, 30.0, 45.0, 90.0, 180.0, 360.0, 720.0):
+        if span / base <= 8:
+            return MultipleLocator(base)
+    return MultipleLocator(360.0 * math.ceil(span / 360.0 / 8))
+
+
+def bode(curves=None, points=None, ax=None, *, omega=None, dt: float | None = None, reference: str | None = None,
+         styles: Mapping[str, dict] | None = None, phase_center: float = 0.0, nyquist: bool = True,
+         guides: bool = True, title: str | None = None, legend: bool = True):
+    """Bode plot: magnitude (dB) and phase (deg) against log frequency (rad/s), with measured points.
+
+    Conventions (:func:`bode_data`): magnitude ``20 log10 |H|`` dB; phase in degrees,
+    unwrapped along frequency with the lowest-frequency value in ``(phase_center - 180°,
+    phase_center + 180°]``; measured ``points`` take the branch nearest to the
+    ``reference`` curve. For a discrete system the frequency axis ends at the Nyquist
+    frequency ``π/dt`` (a vertical dotted line). For loop transfers (negative feedback,
+    :mod:`lqgt.frequency`) the guides at 0 dB and at ``-180° + 360° k`` mark the gain and
+    phase crossovers.
+
+    Parameters
+    ----------
+    curves : mapping of str to (control.LTI or (omega, response)), optional
+        Lines. A SISO python-control system is evaluated on ``omega`` (default for a
+        discrete system: 1000 log-spaced points over the four decades below
+        ``0.999 π/dt``, short of the zero at ``z = -1`` that sampled plants often have);
+        a pair gives frequencies (rad/s) and complex responses directly.
+    points : mapping of str to (omega, response), optional
+        Markers without lines, e.g. ``FrequencyResponse.response()`` of a sine sweep.
+    ax : (matplotlib.axes.Axes, matplotlib.axes.Axes), optional
+        ``(ax_magnitude, ax_phase)``; a new figure with two stacked axes sharing the
+        frequency axis is made if not given.
+    omega : array_like, optional
+        Frequencies (rad/s) at which to evaluate the LTI curves.
+    dt : float, optional
+        Sample time (s), for the Nyquist line when no discrete system gives it.
+    reference : str, optional
+        Name of the curve whose phase places the points' branches (default: the first
+        curve; without curves, points are unwrapped on their own).
+    styles : mapping of str to dict, optional
+        Extra matplotlib keyword arguments per curve or point name (e.g.
+        ``{"TF β=10": {"marker": "s", "color": "C3"}}``).
+    phase_center : float
+        See :func:`bode_data` (e.g. ``-180`` draws a DC phase of ±180° as -180°).
+    nyquist : bool
+        Draw the Nyquist frequency and end the axis there (when a sample time is known).
+    guides : bool
+        Draw the 0 dB and ``-180° + 360° k`` guide lines.
+    title : str, optional
+        Title of the magnitude axes.
+    legend : bool
+        Draw a legend on the magnitude axes.
+
+    Returns
+    -------
+    (matplotlib.axes.Axes, matplotlib.axes.Axes)
+        ``(ax_magnitude, ax_phase)``, log-frequency x axes. Each curve is a line labelled
+        with its name in both axes (y-data: ``bode_data`` of it; x-data: its frequencies
+        sorted), each points entry a markers-only line labelled with its name; guides and
+        the Nyquist line have labels starting with ``_``.
+
+    Raises
+    ------
+    ConfigError
+        Nothing to draw, a continuous system without ``omega``, curves with different
+        sample times, an unknown ``reference``, or a malformed ``ax``.
+    ShapeError
+        A MIMO system, or frequencies and responses of different shapes.
+    """
+    curves = dict(curves or {})
+    points = dict(points or {})
+    styles = dict(styles or {})
+    if not curves and not points:
+        raise ConfigError("nothing to draw: give curves= and/or points=")
+    clash = set(curves) & set(points)
+    if clash:
+        raise ConfigError(f"names {sorted(clash)} are used for both a curve and points; names label the legend")
+    if ax is None:
+        fig = Figure(figsize=(7.0, 5.6), layout="constrained")
+        ax_m, ax_p = fig.subplots(2, 1, sharex=True)
+    else:
+        try:
+            ax_m, ax_p = ax
+        except (TypeError, ValueError):
+            raise ConfigError("ax must be a pair (ax_magnitude, ax_phase)") from None
+        if not (isinstance(ax_m, Axes) and isinstance(ax_p, Axes)):
+            raise ConfigError("ax must be a pair of matplotlib Axes (ax_magnitude, ax_phase)")
+
+    data, color = {}, 0
+    for name, item in curves.items():
+        w, H, dt = _evaluate(name, item, omega, dt)
+        o = np.argsort(w, kind="stable")
+        w, H = w[o], H[o]
+        data[name] = (w, *bode_data(w, H, phase_center=phase_center))
+    if reference is not None and reference not in data:
+        raise ConfigError(f"reference {reference!r} is not a curve name; curves are {list(data)}")
+    ref_name = reference if reference is not None else (next(iter(data)) if data else None)
+    ref = None if ref_name is None else (data[ref_name][0], data[ref_name][2])
+    for name, (w, mag, ph) in data.items():
+        kw = dict(color=f"C{color}", linewidth=1.6, label=name)
+        kw.update(styles.get(name, {}))
+        ax_m.plot(w, mag, **kw)
+        ax_p.plot(w, ph, **kw)
+        color += 1
+    w_all = [d[0] for d in data.values()]
+    for name, item in points.items():
+        try:
+            w, H = item
+        except (TypeError, ValueError):
+            raise ConfigError(f"points[{name!r}] must be a pair (omega, response)") from None
+        w = np.asarray(w, dtype=float)
+        mag, ph = bode_data(w, H, reference=ref, phase_center=phase_center)
+        kw = dict(color=f"C{color}", linestyle="none", marker="o", markersize=5, label=name)
+        kw.update(styles.get(name, {}))
+        ax_m.plot(w, mag, **kw)
+        ax_p.plot(w, ph, **kw)
+        w_all.append(w)
+        color += 1
+
+    w_all = np.concatenate([np.ravel(w) for w in w_all])
+    w_pos = w_all[np.isfinite(w_all) & (w_all > 0)]
+    for a in (ax_m, ax_p):
+        a.set_xscale("log")
+        a.grid(True, which="major", alpha=0.35)
+        a.grid(True, which="minor", alpha=0.12)
+    if w_pos.size:
+        left = float(w_pos.min())
+        right = float(w_pos.max())
+        if nyquist and dt is not None:
+            right = max(right, math.pi / dt)
+        if right > left:
+            ax_m.set_xlim(left, right)
+    if nyquist and dt is not None:
+        for a in (ax_m, ax_p):
+            a.axvline(math.pi / dt, color="0.3", linestyle=":", linewidth=1.0, label="_Nyquist π/dt")
+        ax_m.text(math.pi / dt, 0.98, f"π/dt = {math.pi / dt:.3g} rad/s ", transform=ax_m.get_xaxis_transform(),
+                  ha="right", va="top", fontsize="x-small", color="0.3")
+    ph_vals = np.concatenate([ln.get_ydata() for ln in ax_p.lines if not str(ln.get_label()).startswith("_")])
+    ph_vals = ph_vals[np.isfinite(ph_vals)]
+    if guides:
+        ax_m.axhline(0.0, color="0.35", linewidth=0.8, linestyle="--", label="_0 dB")
+        if ph_vals.size:
+            lo, hi = float(ph_vals.min()), float(ph_vals.max())
+            k0, k1 = math.floor((lo + 180.0) / 360.0), math.ceil((hi + 180.0) / 360.0)
+            for k in range(k0, k1 + 1):
+                g = -180.0 + 360.0 * k
+                if lo - 20.0 <= g <= hi + 20.0:
+                    ax_p.axhline(g, color="0.35", linewidth=0.8, linestyle="--", label=f"_{g:g} deg")
+    if ph_vals.size:
+        ax_p.yaxis.set_major_locator(_phase_locator(float(ph_vals.min()), float(ph_vals.max())))
+    ax_m.set_ylabel("magnitude (dB)")
+    ax_p.set_ylabel("phase (deg)")
+    ax_p.set_xlabel("frequency ω (rad/s)")
+    if title is not None:
+        ax_m.set_title(title, fontsize="medium")
+    if legend:
+        ax_m.legend(fontsize="small", loc="best")
+    return ax_m, ax_p
