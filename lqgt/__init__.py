@@ -3,6 +3,7 @@
 from . import errors, plants
 from .errors import LqgtError
 from .estimators import Estimator, KalmanFilter, LinearObserver, OpenLoopObserver, TransformerFilter, TransformerFilterAttention
+from .filtering import FilterResult, LinearGaussianModel, SmootherResult, kalman_filter, rts_smoother
 from .frequency import (
     FrequencyResponse,
     LoopMargins,
@@ -42,6 +43,11 @@ __all__ = [
     "SimulationResult",
     "DivergenceWarning",
     "LqgtError",
+    "kalman_filter",
+    "rts_smoother",
+    "FilterResult",
+    "SmootherResult",
+    "LinearGaussianModel",
     "controller",
     "loop_transfer",
     "lqr_loop_transfer",

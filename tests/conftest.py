@@ -11,6 +11,12 @@ import types
 import numpy as np
 import pytest
 import scipy.linalg
+import torch
+
+# The suite runs many small tensor operations; on a 2-core machine torch's intra-op thread
+# pool only adds synchronisation (and stalls badly when the cores are busy). One thread
+# makes the suite's runtime predictable; benchmarks choose their own thread counts.
+torch.set_num_threads(1)
 
 
 def random_psd(rng: np.random.Generator, n: int, *, rank: int | None = None, floor: float = 0.0) -> np.ndarray:
