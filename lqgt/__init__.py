@@ -1,7 +1,11 @@
 """lqgt: LQG control and learned estimators in one batched torch closed loop."""
 
-from . import errors, plants
+from . import errors, koopman, plants
 from .errors import LqgtError
+from .estimators.ekf import ExtendedKalmanFilter
+from .estimators.ukf import UnscentedKalmanFilter
+from .koopman import KoopmanFilter, KoopmanLQR, fit_edmdc
+from .nonlinear import NonlinearPlant
 from .estimators import Estimator, KalmanFilter, LinearObserver, OpenLoopObserver, TransformerFilter, TransformerFilterAttention
 from .filtering import FilterResult, LinearGaussianModel, SmootherResult, kalman_filter, rts_smoother
 from .frequency import (
@@ -43,6 +47,13 @@ __all__ = [
     "SimulationResult",
     "DivergenceWarning",
     "LqgtError",
+    "NonlinearPlant",
+    "ExtendedKalmanFilter",
+    "UnscentedKalmanFilter",
+    "KoopmanFilter",
+    "KoopmanLQR",
+    "fit_edmdc",
+    "koopman",
     "kalman_filter",
     "rts_smoother",
     "FilterResult",

@@ -17,6 +17,7 @@ __all__ = [
     "NotDetectableError",
     "RiccatiError",
     "ConfigError",
+    "FilterDivergenceError",
 ]
 
 
@@ -54,3 +55,11 @@ class RiccatiError(LqgtError):
 
 class ConfigError(LqgtError):
     """An option or configuration value is not one of the allowed values."""
+
+
+class FilterDivergenceError(LqgtError):
+    """A filter's covariance became NaN or infinite although its inputs were finite.
+
+    This is a numerical failure of the estimator (not a diverging plant, which the
+    simulator reports as an infinite cost); the message names the step.
+    """

@@ -16,6 +16,15 @@ from .riccati import dlqe, dlqr
 __all__ = ["LQGDesign", "lqg", "lqg_cost", "cost_weights"]
 
 
+def _require_plant(plant) -> None:
+    """Raise a named error unless ``plant`` is an :class:`lqgt.Plant`."""
+    if not isinstance(plant, Plant):
+        raise ShapeError(
+            f"plant must be an lqgt.Plant, got {type(plant).__name__} "
+            "(build one with lqgt.Plant(A, B, C, W=W, V=V))"
+        )
+
+
 def cost_weights(plant: Plant, Q, R, N=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Check and return the cost weights ``(Q, R, N)`` for ``plant``.
 
@@ -34,11 +43,8 @@ def cost_weights(plant: Plant, Q, R, N=None) -> tuple[np.ndarray, np.ndarray, np
     -------
     Q, R, N : numpy.ndarray
     """
-    if not isinstance(plant, Plant):
-        raise ShapeError(
-            f"plant must be an lqgt.Plant, got {type(plant).__name__} "
-            "(build one with lqgt.Plant(A, B, C, W=W, V=V))"
-        )
+    if not isinstance(plant, Plant) and getattr(plant, "is_linear", True) is not False:
+        _require_plant(plant)
     n, m = plant.n, plant.m
     Q = check_psd("Q", as_matrix("Q", Q, (n, n)), strict=False)
     R = check_psd("R", as_matrix("R", R, (m, m)), strict=True)
@@ -112,6 +118,7 @@ def lqg(plant: Plant, Q, R, N=None) -> LQGDesign:
     NotStabilizableError, NotDetectableError, RiccatiError, LqgtError
         As raised by :func:`lqgt.dlqr` / :func:`lqgt.dlqe` or by weight checks.
     """
+    _require_plant(plant)
     Q, R, N = cost_weights(plant, Q, R, N)
     K, X, _ = dlqr(plant.A, plant.B, Q, R, N)
     L, P, _ = dlqe(plant.A, plant.C, plant.W, plant.V)
@@ -158,6 +165,7 @@ def lqg_cost(plant: Plant, Q, R, K, L, form: str = "predictor", N=None, *, model
         The average cost per step; ``inf`` when the closed loop is not asymptotically stable.
     """
     check_form(form)
+    _require_plant(plant)
     Q, R, N = cost_weights(plant, Q, R, N)
     K = as_matrix("K", K, (plant.m, plant.n))
     L = as_matrix("L", L, (plant.n, plant.p))

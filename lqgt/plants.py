@@ -163,6 +163,19 @@ def default() -> Example:
 NAMES = ("two_mass", "double_integrator", "cart_pole", "scalar_unstable", "oscillator")
 
 
+#: Nonlinear example plants (:mod:`lqgt.nonlinear_plants`), reachable as ``lqgt.plants.<name>``.
+NONLINEAR_NAMES = ("pendulum", "cart_pole_nonlinear", "van_der_pol", "duffing")
+
+
+def __getattr__(name: str):
+    """Lazy access to the nonlinear example plants (``lqgt.plants.pendulum()`` etc.)."""
+    if name in NONLINEAR_NAMES:
+        from . import nonlinear_plants
+
+        return getattr(nonlinear_plants, name)
+    raise AttributeError(f"module 'lqgt.plants' has no attribute {name!r}")
+
+
 def get(name: str) -> Example:
     """Return the example called ``name`` (one of :data:`NAMES`), with default arguments.
 

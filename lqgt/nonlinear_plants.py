@@ -1,0 +1,215 @@
+"""Named nonlinear example plants, sampled from continuous dynamics by RK4 (zero-order hold).
+
+Each function returns an :class:`lqgt.plants.Example` ``(plant, Q, R)`` whose ``plant`` is a
+:class:`lqgt.nonlinear.NonlinearPlant`. Every plant has an equilibrium at the origin
+(``f(0, 0) = 0``; for the pendulums the origin is the upright), so the quadratic costs
+``x'Qx + u'Ru`` of the simulator apply to the raw state and ``plant.linearize()`` is taken
+there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .nonlinear import NonlinearPlant
+from .plants import Example
+
+__all__ = ["NAMES", "cart_pole_nonlinear", "duffing", "get", "pendulum", "van_der_pol"]
+
+
+def pendulum(dt: float = 0.05, *, mass: float = 1.0, length: float = 1.0, damping: float = 0.1,
+             g: float = 9.81, substeps: int = 2) -> Example:
+    """Simple pendulum driven by a torque, angle measured from the UPRIGHT (unstable) equilibrium.
+
+    ``θ'' = (g/l) sin θ - b θ' / (m l²) + u / (m l²)``. States ``[θ (rad), θ' (rad/s)]``;
+    torque input (N·m); the angle is measured (encoder, 0.02 rad noise). Random torques
+    (``Wc = diag(0, 0.01)``); ``x[0] ~ N(0, 0.01 I)``. ``n=2, m=1, p=1``.
+
+    Parameters
+    ----------
+    dt : float
+        Sample time in seconds.
+    mass : float
+        Bob mass (kg).
+    length : float
+        Rod length (m), massless rod.
+    damping : float
+        Viscous friction at the pivot (N·m·s).
+    g : float
+        Gravity (m/s²).
+    substeps : int
+        RK4 steps per sample.
+
+    Returns
+    -------
+    Example
+        ``Q = diag(1, 0.1)``, ``R = [[0.1]]``.
+    """
+    a, c, d = g / length, damping / (mass * length**2), 1.0 / (mass * length**2)
+
+    def fc(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        th, om = x[:, 0:1], x[:, 1:2]
+        return torch.cat([om, a * torch.sin(th) - c * om + d * u[:, 0:1]], dim=-1)
+
+    def h(x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0:1]
+
+    plant = NonlinearPlant.from_continuous(
+        fc, h, Wc=np.diag([0.0, 0.01]), V=[[4e-4]], n=2, m=1, p=1, dt=dt, substeps=substeps,
+        P0=0.01 * np.eye(2), name="pendulum",
+    )
+    return Example(plant, np.diag([1.0, 0.1]), np.array([[0.1]]))
+
+
+def cart_pole_nonlinear(dt: float = 0.02, *, cart_mass: float = 1.0, pole_mass: float = 0.1,
+                        length: float = 0.5, g: float = 9.81, substeps: int = 2) -> Example:
+    """Inverted pendulum on a cart (full nonlinear dynamics), upright at the origin.
+
+    The same cart (1 kg), point mass (0.1 kg) on a massless 0.5 m rod and noise as the
+    linear :func:`lqgt.plants.cart_pole`, whose continuous model is the linearisation of this
+    one at the origin. With ``s = sin θ``, ``c = cos θ`` (θ from upright) and force ``F``::
+
+        x''  = (F + m l θ'² s - m g s c) / (M + m s²)
+        θ''  = (g s - x'' c) / l
+
+    States ``[cart position (m), angle (rad), cart velocity (m/s), angular rate (rad/s)]``;
+    force on the cart (N); position and angle measured. ``n=4, m=1, p=2``.
+
+    Parameters
+    ----------
+    dt : float
+        Sample time in seconds.
+    cart_mass : float
+        Cart mass ``M`` (kg).
+    pole_mass : float
+        Point mass ``m`` at the tip (kg).
+    length : float
+        Rod length ``l`` (m).
+    g : float
+        Gravity (m/s²).
+    substeps : int
+        RK4 steps per sample.
+
+    Returns
+    -------
+    Example
+        ``Q = diag(1, 10, 0.1, 0.1)``, ``R = [[0.1]]`` (as the linear cart-pole).
+    """
+    M, mp, l = cart_mass, pole_mass, length
+
+    def fc(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        th, v, om = x[:, 1:2], x[:, 2:3], x[:, 3:4]
+        s, c = torch.sin(th), torch.cos(th)
+        acc = (u[:, 0:1] + mp * l * om * om * s - mp * g * s * c) / (M + mp * s * s)
+        alpha = (g * s - acc * c) / l
+        return torch.cat([v, om, acc, alpha], dim=-1)
+
+    def h(x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0:2]
+
+    plant = NonlinearPlant.from_continuous(
+        fc, h, Wc=np.diag([0.0, 0.0, 0.01, 0.04]), V=np.diag([1e-4, 1e-4]), n=4, m=1, p=2, dt=dt,
+        substeps=substeps, P0=1e-3 * np.eye(4), name="cart_pole_nonlinear",
+    )
+    return Example(plant, np.diag([1.0, 10.0, 0.1, 0.1]), np.array([[0.1]]))
+
+
+def van_der_pol(dt: float = 0.05, *, mu: float = 1.0, substeps: int = 2) -> Example:
+    """Forced Van der Pol oscillator: ``x'' = mu (1 - x²) x' - x + u``.
+
+    States ``[x, x']``; force input; the position is measured (noise std 0.1). For
+    ``mu > 0`` the origin is an unstable focus and trajectories approach a limit cycle of
+    amplitude ≈ 2; ``x[0] ~ N([2, 0], 0.25 I)`` starts near it. Random forcing
+    ``Wc = diag(0, 0.05)``. ``n=2, m=1, p=1``.
+
+    Parameters
+    ----------
+    dt : float
+        Sample time.
+    mu : float
+        Nonlinearity / damping parameter.
+    substeps : int
+        RK4 steps per sample.
+
+    Returns
+    -------
+    Example
+        ``Q = I``, ``R = [[1]]`` (regulation to the unstable origin).
+    """
+    def fc(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        p, v = x[:, 0:1], x[:, 1:2]
+        return torch.cat([v, mu * (1.0 - p * p) * v - p + u[:, 0:1]], dim=-1)
+
+    def h(x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0:1]
+
+    plant = NonlinearPlant.from_continuous(
+        fc, h, Wc=np.diag([0.0, 0.05]), V=[[0.01]], n=2, m=1, p=1, dt=dt, substeps=substeps,
+        m0=[2.0, 0.0], P0=0.25 * np.eye(2), name="van_der_pol",
+    )
+    return Example(plant, np.eye(2), np.eye(1))
+
+
+def duffing(dt: float = 0.05, *, alpha: float = -1.0, beta: float = 1.0, delta: float = 0.3,
+            substeps: int = 2) -> Example:
+    """Duffing oscillator ``x'' = -delta x' - alpha x - beta x³ + u`` (double well by default).
+
+    With ``alpha = -1, beta = 1`` the origin is an unstable saddle (the hilltop between the
+    wells at ``x = ±1``); with ``alpha > 0`` it is a hardening spring with a stable origin.
+    States ``[x, x']``; force input; the position is measured (noise std 0.1). Random
+    forcing ``Wc = diag(0, 0.05)``; ``x[0] ~ N([1, 0], 0.1 I)`` (the right-hand well).
+    ``n=2, m=1, p=1``.
+
+    Parameters
+    ----------
+    dt : float
+        Sample time.
+    alpha : float
+        Linear stiffness.
+    beta : float
+        Cubic stiffness.
+    delta : float
+        Damping.
+    substeps : int
+        RK4 steps per sample.
+
+    Returns
+    -------
+    Example
+        ``Q = I``, ``R = [[1]]`` (regulation to the origin).
+    """
+    def fc(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        p, v = x[:, 0:1], x[:, 1:2]
+        return torch.cat([v, -delta * v - alpha * p - beta * p * p * p + u[:, 0:1]], dim=-1)
+
+    def h(x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0:1]
+
+    plant = NonlinearPlant.from_continuous(
+        fc, h, Wc=np.diag([0.0, 0.05]), V=[[0.01]], n=2, m=1, p=1, dt=dt, substeps=substeps,
+        m0=[1.0, 0.0], P0=0.1 * np.eye(2), name="duffing",
+    )
+    return Example(plant, np.eye(2), np.eye(1))
+
+
+NAMES = ("pendulum", "cart_pole_nonlinear", "van_der_pol", "duffing")
+
+
+def get(name: str) -> Example:
+    """Return the nonlinear example called ``name`` (one of :data:`NAMES`), with default arguments.
+
+    Parameters
+    ----------
+    name : str
+        Example name.
+
+    Returns
+    -------
+    Example
+    """
+    from .errors import ConfigError
+
+    if name not in NAMES:
+        raise ConfigError(f"unknown nonlinear example plant {name!r}; choose one of {', '.join(NAMES)}")
+    return globals()[name]()
