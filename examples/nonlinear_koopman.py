@@ -14,9 +14,8 @@
    (one trajectory and its estimates), ``pendulum_closed_loop.png`` (angle from the
    largest start and cost against θ0).
 
-The closed loops run through :func:`lqgt.simulate` when it accepts a
-:class:`~lqgt.nonlinear.NonlinearPlant`, else through the small current-form loop below
-(same timing and noise model). Run ``python examples/nonlinear_koopman.py --out nl-example/``;
+The closed loops run through :func:`lqgt.simulate` (generic step loop for a
+:class:`~lqgt.nonlinear.NonlinearPlant`). Run ``python examples/nonlinear_koopman.py --out nl-example/``;
 about 10 s on two CPU cores.
 """
 
@@ -56,39 +55,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # -- closed loop ----------------------------------------------------------------------------------
-def _rollout(plant, policy, est, Q, R, *, batch, horizon, seed):
-    """Current-form closed loop: y[t] = h(x[t]) + v, x̂[t|t] = est(y[t], u[t-1]), u[t] = policy(x̂)."""
-    dt = torch.float64
-    g = torch.Generator().manual_seed(seed)
-    n, m, p = plant.n, plant.m, plant.p
-    x = torch.tensor(plant.m0) + torch.randn(batch, n, generator=g, dtype=dt) @ torch.tensor(psd_sqrt(plant.P0)).T
-    w = torch.randn(horizon, batch, n, generator=g, dtype=dt) @ torch.tensor(psd_sqrt(plant.W)).T
-    v = torch.randn(horizon, batch, p, generator=g, dtype=dt) @ torch.tensor(psd_sqrt(plant.V)).T
-    Qt, Rt = torch.tensor(Q), torch.tensor(R)
-    st, _ = est.init(batch, device=torch.device("cpu"), dtype=dt)
-    u_prev, cost = torch.zeros(batch, m, dtype=dt), torch.zeros(batch, dtype=dt)
-    xs, xhs = [], []
-    with torch.no_grad():
-        for t in range(horizon):
-            st, xh = est.step(st, plant.h(x) + v[t], u_prev)
-            u = policy(xh)
-            cost += ((x @ Qt) * x).sum(-1) + ((u @ Rt) * u).sum(-1)
-            xs.append(x)
-            xhs.append(xh)
-            x = plant.f(x, u) + w[t]
-            u_prev = u
-    return cost / horizon, torch.stack(xs, 1), torch.stack(xhs, 1)
-
-
 def run(plant, policy, estimators: dict, Q, R, *, batch, horizon, seed) -> dict:
     """``{name: (cost per trajectory (B,), x (B, T, n), x_hat (B, T, n))}`` on common random numbers."""
-    try:
-        res = lqgt.simulate(plant, policy, estimators, Q=Q, R=R, horizon=horizon, batch=batch, seed=seed)
-        return {k: (res.cost_per_trajectory[k], res.x[k], res.x_hat[k]) for k in estimators}
-    except LqgtError as exc:  # this lqgt's simulate does not take a NonlinearPlant yet
-        if "lqgt.Plant" not in str(exc):
-            raise
-    return {k: _rollout(plant, policy, est, Q, R, batch=batch, horizon=horizon, seed=seed) for k, est in estimators.items()}
+    res = lqgt.simulate(plant, policy, estimators, Q=Q, R=R, horizon=horizon, batch=batch, seed=seed)
+    return {k: (res.cost_per_trajectory[k], res.x[k], res.x_hat[k]) for k in estimators}
 
 
 def mean_ci(v: torch.Tensor) -> tuple[float, float]:

@@ -217,3 +217,44 @@ def test_jacobians_are_right_without_grad_mode(ctx, rng):
             torch.testing.assert_close(F, ref, rtol=0, atol=1e-14)
             torch.testing.assert_close(H, Href, rtol=0, atol=0)
         np.testing.assert_allclose(plant.linearize().C, [[1.0, 0.0]])
+
+
+# --------------------------------------------------------------------------- in lqgt.simulate
+
+
+def test_simulate_nonlinear_plant_matches_independent_loop():
+    """lqgt.simulate with a NonlinearPlant (generic loop) equals a hand-written current-form loop."""
+    import lqgt
+
+    base, Q, R = lqgt.plants.pendulum()
+    plant = lqgt.NonlinearPlant(base.f, base.h, W=base.W, V=base.V, n=base.n, m=base.m, p=base.p, dt=base.dt,
+                                m0=[0.6, -0.2], P0=base.P0)
+    lin = plant.linearize(np.zeros(plant.n), np.zeros(plant.m))
+    K = lqgt.lqg(lin, Q, R).K
+    ekf = lqgt.ExtendedKalmanFilter(plant)
+    T, B = 80, 3
+    res = lqgt.simulate(plant, K, {"ekf": ekf}, Q=Q, R=R, horizon=T, batch=B, noise=False)
+    Kt = torch.as_tensor(K)
+    x = torch.tensor(plant.m0).expand(B, -1).clone()
+    st, _ = ekf.init(B, device=torch.device("cpu"), dtype=torch.float64)
+    u_prev = torch.zeros(B, plant.m, dtype=torch.float64)
+    for t in range(T):
+        st, xh = ekf.step(st, plant.h(x), u_prev)
+        u = -xh @ Kt.T
+        torch.testing.assert_close(res.x["ekf"][:, t], x, rtol=0, atol=1e-12)
+        torch.testing.assert_close(res.x_hat["ekf"][:, t], xh, rtol=0, atol=1e-12)
+        torch.testing.assert_close(res.u["ekf"][:, t], u, rtol=0, atol=1e-12)
+        x = plant.f(x, u)
+        u_prev = u
+    assert float(res.x["ekf"][:, -1].abs().max()) < 0.05  # LQG on the linearisation brings it upright
+
+
+def test_simulate_nonlinear_divergence_names_the_step():
+    import lqgt
+
+    base, Q, R = lqgt.plants.pendulum()
+    # positive feedback on the angle: the pendulum spins up until the state overflows
+    with pytest.warns(lqgt.DivergenceWarning, match=r"'ekf'.*non-finite at step \d+"):
+        res = lqgt.simulate(base, lambda xh: 1e6 * xh[:, :1], {"ekf": lqgt.ExtendedKalmanFilter(base)}, Q=Q, R=R,
+                            horizon=200, batch=2, seed=0)
+    assert res.cost["ekf"] == float("inf")
