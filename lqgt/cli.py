@@ -1,4 +1,4 @@
-"""The ``lqgt`` command line: ``lqgt demo`` (more subcommands will join it).
+"""The ``lqgt`` command line: ``lqgt demo`` and ``lqgt compare CONFIG`` (see :mod:`lqgt.compare`).
 
 ``lqgt demo`` designs the LQG controller of the default plant (:func:`lqgt.plants.default`),
 simulates the closed loop with several estimators on common random numbers, prints a
@@ -416,7 +416,46 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="noise seed")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.set_defaults(subparser=demo)  # so that main() reports errors as "lqgt demo: error: ..."
+    _add_compare_parser(sub)
     return parser
+
+
+def _add_compare_parser(sub) -> None:
+    """Add ``lqgt compare CONFIG [--out DIR] [--device DEV] [--no-progress]`` (see :mod:`lqgt.compare`)."""
+    p = sub.add_parser(
+        "compare", help="compare the estimators of a TOML configuration, write a table and plots",
+        description="Read a TOML configuration (plant, cost, estimators, simulation; see examples/compare.toml), "
+                    "design the LQG controller, simulate every estimator on common random numbers, print exact and "
+                    "Monte Carlo costs, and write table.md, table.csv, results.json, trajectories.png and cost.png "
+                    "into --out. An invalid configuration exits with status 2 and a message naming the key.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("config", metavar="CONFIG", help="TOML configuration file")
+    p.add_argument("--out", default="lqgt-compare", metavar="DIR", help="output directory")
+    p.add_argument("--device", default=argparse.SUPPRESS, metavar="DEV",
+                   help="simulation device, 'cpu', 'cuda' or 'cuda:N' (default: simulation.device of CONFIG)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _main_compare(args) -> int:
+    """Run ``lqgt compare``: 0 on success, 2 for an invalid configuration, 1 when the run fails."""
+    import dataclasses
+
+    from .compare import check_device, load_config, run_compare
+    from .errors import ConfigError, LqgtError
+
+    try:
+        cfg = load_config(args.config)
+        if "device" in args:
+            sim = dataclasses.replace(cfg.simulation, device=check_device(args.device, "--device"))
+            cfg = dataclasses.replace(cfg, simulation=sim)
+        run_compare(cfg, args.out, progress=not args.no_progress)
+    except ConfigError as exc:
+        print(f"lqgt compare: error: {exc}", file=sys.stderr)
+        return 2
+    except (LqgtError, OSError) as exc:
+        print(f"lqgt compare: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -430,8 +469,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns
     -------
     int
-        Exit status: 0 on success, 1 when the run fails. Bad arguments exit with status 2
-        (``SystemExit``) and a message naming the argument.
+        Exit status: 0 on success, 1 when the run fails, 2 for an invalid ``lqgt compare``
+        configuration. Bad arguments exit with status 2 (``SystemExit``) and a message
+        naming the argument.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -456,6 +496,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"lqgt demo: error: {exc}", file=sys.stderr)
             return 1
         return 0
+    if args.command == "compare":
+        return _main_compare(args)
     parser.error(f"unknown command {args.command!r}")  # unreachable: argparse checks the choices
     return 2
 
