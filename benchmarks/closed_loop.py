@@ -37,21 +37,17 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
 import time
 
 import numpy as np
 import torch
+from _common import ints, timed
 
 import lqgt
 from lqgt._linalg import psd_sqrt
 
 Z95 = 1.959963984540054
-
-
-def _parse_batches(text: str) -> list[int]:
-    return [int(float(t)) for t in text.split(",") if t.strip()]
 
 
 def _ci(per_traj: np.ndarray) -> tuple[float, float]:
@@ -190,23 +186,13 @@ def run_numpy(pb: Problem, batch: int, steps: int, burn_in: int, seed: int, repe
             xbar = xhat @ A_T + u @ B_T
         return total / (steps - lo)
 
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        per = once()
-        times.append(time.perf_counter() - t0)
-    el = statistics.median(times)
+    el, per = timed(once, "cpu", repeat)
     mean, half = _ci(per)
     return dict(method="numpy loop", device="cpu", dtype="float64", batch=batch, steps=steps, burn_in=lo,
                 seconds=el, rate=batch * steps / el, cost=mean, half=half, note="batched, 1 step/iter")
 
 
 # ----------------------------------------------------------------------------- (c, d)
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def run_lqgt(pb: Problem, device: str, dtype: torch.dtype, batch: int, steps: int, burn_in: int, seed: int,
              repeat: int) -> dict:
     K = pb.design.K
@@ -214,14 +200,7 @@ def run_lqgt(pb: Problem, device: str, dtype: torch.dtype, batch: int, steps: in
     lo = _burn(steps, burn_in)
     kw = dict(Q=pb.Q, R=pb.R, batch=batch, seed=seed, device=device, dtype=dtype, store=False)
     lqgt.simulate(pb.plant, K, est, horizon=min(steps, 4), **kw)  # warm-up (kernels, handles)
-    times, res = [], None
-    for _ in range(repeat):
-        _sync(device)
-        t0 = time.perf_counter()
-        res = lqgt.simulate(pb.plant, K, est, horizon=steps, burn_in=lo, **kw)
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    el = statistics.median(times)
+    el, res = timed(lambda: lqgt.simulate(pb.plant, K, est, horizon=steps, burn_in=lo, **kw), device, repeat)
     lo_ci, hi_ci = res.cost_ci["kalman"]
     mem = ""
     if device.startswith("cuda"):
@@ -284,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         sim_mod._CPU_PREFETCH = False
     if args.scan_max_row is not None:
         sim_mod._SCAN_MAX_ROW = int(args.scan_max_row)
-    batches = _parse_batches(args.batches)
+    batches = ints(args.batches)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.devices == "auto" else \
         [d.strip() for d in args.devices.split(",") if d.strip()]
     if "cuda" in devices and not torch.cuda.is_available():

@@ -23,12 +23,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import gc
 import platform
 import time
 
 import numpy as np
 import torch
+from _common import free, timed
 
 from lqgt import nonlinear_plants
 from lqgt.estimators.ekf import ExtendedKalmanFilter
@@ -53,11 +53,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
 def run_filter(est, y: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Run ``est`` over measurements ``y`` ``(T, B, p)`` and inputs ``u`` ``(T, B, m)``; return the last estimate."""
     T, B, _ = y.shape
@@ -71,17 +66,8 @@ def run_filter(est, y: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 def time_ours(est, y, u, repeats: int) -> float:
     """Best wall time of one full run (after a warm-up on a few steps)."""
-    dev = y.device
     run_filter(est, y[:3], u[:3])
-    _sync(dev)
-    best = float("inf")
-    for _ in range(repeats):
-        _sync(dev)
-        t0 = time.perf_counter()
-        run_filter(est, y, u)
-        _sync(dev)
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return timed(lambda: run_filter(est, y, u), y.device, repeats, best=True)[0]
 
 
 def numpy_model(plant, name: str):
@@ -243,9 +229,7 @@ def main(argv=None) -> None:
                     print(f"| {dev_name} | {dname} | {B:,} | OOM | | | |")
                 finally:
                     y = u = None
-                    gc.collect()
-                    if dev.type == "cuda":
-                        torch.cuda.empty_cache()
+                    free(dev)
 
 
 if __name__ == "__main__":

@@ -31,27 +31,20 @@ machine every thread barrier can stall for a scheduler tick).
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import platform
-import statistics
 import sys
-import time
 
 import numpy as np
 import torch
+from _common import ints, is_oom, timed
 
 from lqgt.filtering import LinearGaussianModel, _scan_bytes, kalman_filter
 
 METHODS = (("sequential", "covariance"), ("parallel", "covariance"), ("parallel", "information"))
 LABELS = {("sequential", "covariance"): "seq", ("parallel", "covariance"): "par-cov",
           ("parallel", "information"): "par-info"}
-
-
-def ints(text: str) -> list[int]:
-    """Parse ``"100,1e3,10000"`` into integers."""
-    return [int(float(v)) for v in text.split(",") if v.strip()]
 
 
 def random_model(n: int, seed: int = 0) -> LinearGaussianModel:
@@ -65,21 +58,6 @@ def random_model(n: int, seed: int = 0) -> LinearGaussianModel:
     W = G @ G.T / n + 0.1 * np.eye(n)
     V = 0.5 * np.eye(p)
     return LinearGaussianModel(A, None, C, W=W, V=V)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, MemoryError):
-        return True
-    oom = getattr(torch.cuda, "OutOfMemoryError", None)
-    if oom is not None and isinstance(exc, oom):
-        return True
-    msg = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
 
 
 def free_memory(device: torch.device) -> float:
@@ -102,19 +80,6 @@ def estimated_bytes(method: str, n: int, p: int, B: int, T: int, itemsize: int) 
     if method == "sequential":
         return 2.5 * results
     return _scan_bytes(T, n, B, itemsize)  # the estimate method="auto" uses (measured on CPU)
-
-
-def time_call(fn, device: torch.device, repeats: int) -> tuple[float, object]:
-    """Median seconds of ``fn()`` over ``repeats`` runs (synchronised), and the last result."""
-    times = []
-    out = None
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        out = fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
 
 
 def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -184,7 +149,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                         try:
                             if key not in per_step:
                                 fn()  # warm-up (first-call costs, allocator); a shorter T warmed it otherwise
-                            t, out = time_call(fn, device, repeats)
+                            t, out = timed(fn, device, repeats)
                         except Exception as exc:
                             if not is_oom(exc):
                                 raise

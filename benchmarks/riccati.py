@@ -69,22 +69,20 @@ def rel(X: np.ndarray, Y: np.ndarray) -> float:
 def breakdown(A, B, Q, R, repeat: int) -> list[tuple[str, float]]:
     """Time the stages of lqgt.dare (internals; for the notes, not an API)."""
     from lqgt import riccati as ric
-    from lqgt._linalg import check_stabilizable, spectral_radius
+    from lqgt._linalg import check_stabilizable
 
     A_, B_, Q_, R_, S_, Qs_ = ric._check_lq(A, B, Q, R, None, ("A", "B", "Q", "R", "S"))
     Rinv_St = np.linalg.solve(R_, S_.T)
     As = A_ - B_ @ Rinv_St
     G = ric.symmetrize(B_ @ np.linalg.solve(R_, B_.T))
     X = ric._sda(As, G, Qs_)
-    K = np.linalg.solve(R_ + B_.T @ X @ B_, B_.T @ X @ A_)
     stages = [
         ("_check_lq (as_matrix, check_psd x2)", lambda: ric._check_lq(A, B, Q, R, None, ("A", "B", "Q", "R", "S"))),
         ("check_stabilizable (PBH)", lambda: check_stabilizable(A_, B_, ("A", "B"))),
         ("_check_unit_circle_observable", lambda: ric._check_unit_circle_observable(As, Qs_, ("A", "Q"))),
         ("_sda (doubling iteration)", lambda: ric._sda(As, G, Qs_)),
         ("_residual", lambda: ric._residual(A_, B_, Q_, R_, S_, X)),
-        ("gain K + spectral_radius(A-BK)", lambda: (np.linalg.solve(R_ + B_.T @ X @ B_, B_.T @ X @ A_),
-                                                    spectral_radius(A_ - B_ @ K))),
+        ("gain K + spectral_radius(A-BK)", lambda: ric._gain(A_, B_, R_, S_, X)),
         ("whole lqgt.dare", lambda: lqgt.dare(A, B, Q, R)),
     ]
     return [(name, median_time(fn, repeat)) for name, fn in stages]

@@ -28,12 +28,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import gc
 import math
 import platform
-import time
 
 import torch
+from _common import free, is_oom, timed
 
 import lqgt
 
@@ -63,43 +62,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
-def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, MemoryError):
-        return True
-    oom = getattr(torch.cuda, "OutOfMemoryError", None)
-    if oom is not None and isinstance(exc, oom):
-        return True
-    msg = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg
-                                              or "not enough memory" in msg)
-
-
-def _free(dev: torch.device) -> None:
-    gc.collect()
-    if dev.type == "cuda":
-        torch.cuda.empty_cache()
-
-
 def time_loop(plant, Q, R, K, est, *, batch, horizon, dev, dtype, repeats, seed):
     """Warm up, then time ``simulate(store=False)``; return (best seconds, cost) or raise."""
     common = dict(Q=Q, R=R, batch=batch, seed=seed, device=dev, dtype=dtype, store=False)
     lqgt.simulate(plant, K, {"e": est}, horizon=min(horizon, 8), **common)  # warm-up
-    _sync(dev)
-    best, cost = math.inf, math.nan
-    for _ in range(max(1, repeats)):
-        _sync(dev)
-        t0 = time.perf_counter()
-        res = lqgt.simulate(plant, K, {"e": est}, horizon=horizon, **common)
-        _sync(dev)
-        best = min(best, time.perf_counter() - t0)
-        cost = res.cost["e"]
-        del res
-    return best, cost
+    best, res = timed(lambda: lqgt.simulate(plant, K, {"e": est}, horizon=horizon, **common), dev, repeats, best=True)
+    return best, res.cost["e"]
 
 
 def fmt_rate(r: float) -> str:
@@ -152,12 +120,12 @@ def main(argv=None) -> None:
                                               repeats=args.repeats, seed=args.seed)
                         rates[name], costs[name] = B * T / sec, cost
                     except Exception as exc:  # noqa: BLE001 - one failed configuration must not end the table
-                        if not _is_oom(exc):
+                        if not is_oom(exc):
                             raise
                         rates[name], costs[name] = math.nan, math.nan
                         costs[name + "!"] = "OOM"
                     finally:
-                        _free(dev)
+                        free(dev)
                 line = f"{dev_name:>6} {dt_name:>7} {B:>8.0e} {T:>4}  "
                 line += "  ".join(("      OOM" if costs.get(c + "!") else fmt_rate(rates[c])) for c in cols) + "  "
                 kal = rates["kalman"]

@@ -94,6 +94,12 @@ def as_matrix(name: str, M: Any, shape: tuple[int | None, int | None] | None = N
     return np.ascontiguousarray(arr)
 
 
+def as_square(name: str, M: Any) -> np.ndarray:
+    """:func:`as_matrix` for a square matrix of any size (the size is read from ``M``)."""
+    A = as_matrix(name, M)
+    return as_matrix(name, A, (A.shape[0], A.shape[0]))
+
+
 def as_vector(name: str, v: Any, n: int) -> np.ndarray:
     """Convert ``v`` to a finite float64 vector of length ``n`` (``(n,)`` or ``(n, 1)`` accepted)."""
     arr = _real_array(name, v, "vector")

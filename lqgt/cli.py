@@ -221,6 +221,76 @@ def _json_num(v):
     return v if math.isfinite(v) else None
 
 
+# ----------------------------------------------------------------------------- shared by demo and compare
+def _check_out(out: str | Path) -> Path:
+    """``out`` as a path, refused when it exists and is not a directory."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {str(out)!r} exists and is not a directory")
+    return out
+
+
+def _figure(figsize: tuple[float, float]):
+    """A new figure on the Agg canvas (no pyplot, no global state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save_trajectories(res, path: Path, *, state: int, input: int, k: float, state_label: str, input_label: str,
+                       title: str) -> Path:
+    """``trajectories.png``: bands of ``x[state]`` over ``u[input]``, every estimator overlaid."""
+    from ._io import atomic_savefig
+    from .plot import trajectory_bands
+
+    fig = _figure((8.0, 5.6))
+    ax1, ax2 = fig.subplots(2, 1, sharex=True)
+    trajectory_bands(res, "x", state, k=k, ax=ax1, ylabel=state_label, xlabel="")
+    trajectory_bands(res, "u", input, k=k, ax=ax2, ylabel=input_label, legend=False)
+    fig.suptitle(title)
+    return atomic_savefig(fig, path, dpi=120)
+
+
+def _save_costs(res, exact, optimum: float, path: Path, *, title: str, suptitle: str | None = None) -> Path:
+    """``cost.png``: Monte Carlo costs with their intervals and the exact costs (:func:`lqgt.plot.cost_comparison`)."""
+    from ._io import atomic_savefig
+    from .plot import cost_comparison
+
+    fig = _figure((8.0, 0.55 * len(res.cost) + 1.9))
+    cost_comparison(res.cost, res.cost_ci, exact, ax=fig.add_subplot(), optimum=optimum,
+                    xlabel="average cost per step  x'Qx + u'Ru", title=title)
+    if suptitle is not None:
+        fig.suptitle(suptitle)
+    return atomic_savefig(fig, path, dpi=120)
+
+
+def _row_costs(r: DemoRow) -> dict:
+    """The costs of a table row for ``results.json`` (``form`` … ``gap_source``)."""
+    return {"form": r.form, "exact_cost": _json_num(r.exact), "mc_cost": _json_num(r.mc), "ci_low": _json_num(r.ci[0]),
+            "ci_high": _json_num(r.ci[1]), "gap_to_optimum": _json_num(r.gap), "gap_source": r.gap_source}
+
+
+def _exact_in_ci(r: DemoRow) -> bool | None:
+    return None if r.exact is None else bool(r.ci[0] <= r.exact <= r.ci[1])
+
+
+def _write_results(out: Path, results: dict, files: dict, t_start: float, t_sim: float, stream: TextIO,
+                   ensure_ascii: bool = True) -> dict:
+    """Add the total runtime and the file list to ``results``, write ``results.json``, report what was written."""
+    from ._io import atomic_write_text
+
+    results["runtime_s"]["total"] = round(time.perf_counter() - t_start, 3)
+    results["files"] = sorted([*files, "results.json"])
+    atomic_write_text(out / "results.json",
+                      json.dumps(results, indent=2, allow_nan=False, ensure_ascii=ensure_ascii) + "\n")
+    print(f"wrote {', '.join(results['files'])} to {out}/ "
+          f"(simulate {t_sim:.1f} s, total {results['runtime_s']['total']:.1f} s)", file=stream, flush=True)
+    return results
+
+
 def run_demo(out: str | Path = "lqgt-demo", *, device: str = "cpu", batch: int = 2000, horizon: int = 1000,
              burn_in: int = 300, seed: int = 0, progress: bool = True, stream: TextIO | None = None) -> dict:
     """Run the demo: design, simulate, print the table and write the files into ``out``.
@@ -250,20 +320,16 @@ def run_demo(out: str | Path = "lqgt-demo", *, device: str = "cpu", batch: int =
         What was written to ``results.json``.
     """
     import torch
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
     from . import __version__, plants
     from ._io import atomic_savefig, atomic_write_text
     from .lqg import lqg
-    from .plot import attention_heatmap, beta_sweep_gap, certificate, cost_comparison, trajectory_bands
+    from .plot import attention_heatmap, beta_sweep_gap, certificate
     from .simulate import simulate
     from .sweep import beta_sweep
 
     stream = sys.stdout if stream is None else stream
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {str(out)!r} exists and is not a directory")
+    out = _check_out(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
 
@@ -295,20 +361,11 @@ def run_demo(out: str | Path = "lqgt-demo", *, device: str = "cpu", batch: int =
     print("\n" + table + "\n" + note, file=stream, flush=True)
 
     # figures
-    fig = Figure(figsize=(8.0, 5.6), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax1, ax2 = fig.subplots(2, 1, sharex=True)
-    trajectory_bands(res, "x", 0, k=2.0, ax=ax1, ylabel=_P1_LABEL, xlabel="")
-    trajectory_bands(res, "u", 0, k=2.0, ax=ax2, ylabel=_U_LABEL, legend=False)
-    fig.suptitle(f"two_mass (dt = {plant.dt:g} s) under LQG feedback u = −K x̂, per estimator")
-    files = {"trajectories.png": atomic_savefig(fig, out / "trajectories.png", dpi=120)}
-
-    fig = Figure(figsize=(8.0, 0.55 * len(rows) + 1.9), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    cost_comparison(res.cost, res.cost_ci, {r.name: r.exact for r in rows}, ax=ax, optimum=optimum,
-                    xlabel="average cost per step  x'Qx + u'Ru", title=f"two_mass: cost per estimator ({batch} runs)")
-    files["cost.png"] = atomic_savefig(fig, out / "cost.png", dpi=120)
+    files = {"trajectories.png": _save_trajectories(
+        res, out / "trajectories.png", state=0, input=0, k=2.0, state_label=_P1_LABEL, input_label=_U_LABEL,
+        title=f"two_mass (dt = {plant.dt:g} s) under LQG feedback u = −K x̂, per estimator")}
+    files["cost.png"] = _save_costs(res, {r.name: r.exact for r in rows}, optimum, out / "cost.png",
+                                    title=f"two_mass: cost per estimator ({batch} runs)")
 
     # Transformer Filter: β-sweep of the cost gap and the certificate, attention weights
     t_sweep = time.perf_counter()
@@ -319,8 +376,7 @@ def run_demo(out: str | Path = "lqgt-demo", *, device: str = "cpu", batch: int =
                        seed=seed, device=device, progress=progress)
     t_sweep = time.perf_counter() - t_sweep
     print(format_sweep(sweep), file=stream, flush=True)
-    fig = Figure(figsize=(11.0, 4.4), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = _figure((11.0, 4.4))
     axg, axc = fig.subplots(1, 2)
     beta_sweep_gap(sweep, ax=axg, title="cost gap  J_TF(β) − J_LQG (predictor)")
     certificate(sweep, ax=axc, title="estimation error vs certificate ε(β)")
@@ -331,8 +387,7 @@ def run_demo(out: str | Path = "lqgt-demo", *, device: str = "cpu", batch: int =
     tf = rows_in[tf_name][0]
     steps = min(horizon, 120)
     _, weights = tf.run(res.y[tf_name][0, :steps].cpu(), res.u[tf_name][0, :steps].cpu())
-    fig = Figure(figsize=(6.4, 5.4), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = _figure((6.4, 5.4))
     attention_heatmap(weights, t=res.t[:steps], ax=fig.add_subplot(), window=tf.window,
                       title=f"attention weights α[t, i], {tf_name}, trajectory 0")
     files["attention.png"] = atomic_savefig(fig, out / "attention.png", dpi=120)
@@ -345,13 +400,7 @@ def run_demo(out: str | Path = "lqgt-demo", *, device: str = "cpu", batch: int =
         "lqg_optimum": _json_num(optimum),
         "lqg_optimum_predictor": _json_num(design.cost_predictor),
         "design": {"K": design.K.tolist(), "L": design.L.tolist(), "Lf": design.Lf.tolist()},
-        "estimators": [
-            {"name": r.name, "form": r.form, "exact_cost": _json_num(r.exact), "mc_cost": _json_num(r.mc),
-             "ci_low": _json_num(r.ci[0]), "ci_high": _json_num(r.ci[1]), "gap_to_optimum": _json_num(r.gap),
-             "gap_source": r.gap_source,
-             "exact_in_ci": None if r.exact is None else bool(r.ci[0] <= r.exact <= r.ci[1])}
-            for r in rows
-        ],
+        "estimators": [{"name": r.name, **_row_costs(r), "exact_in_ci": _exact_in_ci(r)} for r in rows],
         "beta_sweep": {
             "betas": sweep.betas.tolist(), "gap": [_json_num(g) for g in sweep.gap],
             "gap_ci": [[_json_num(a), _json_num(b)] for a, b in sweep.gap_ci],
@@ -363,12 +412,7 @@ def run_demo(out: str | Path = "lqgt-demo", *, device: str = "cpu", batch: int =
     files["table.md"] = atomic_write_text(out / "table.md", table + "\n" + note + "\n## Transformer Filter β-sweep\n\n"
                                           + format_sweep(sweep))
     files["table.csv"] = atomic_write_text(out / "table.csv", _csv_text(rows, optimum))
-    results["runtime_s"]["total"] = round(time.perf_counter() - t_start, 3)
-    results["files"] = sorted([*files, "results.json"])
-    atomic_write_text(out / "results.json", json.dumps(results, indent=2, allow_nan=False) + "\n")
-    print(f"wrote {', '.join(results['files'])} to {out}/ "
-          f"(simulate {t_sim:.1f} s, total {results['runtime_s']['total']:.1f} s)", file=stream, flush=True)
-    return results
+    return _write_results(out, results, files, t_start, t_sim, stream)
 
 
 def _int_at_least(lo: int):

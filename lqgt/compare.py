@@ -697,20 +697,16 @@ def run_compare(cfg: CompareConfig, out: str | Path = "lqgt-compare", *, progres
         ``out`` exists and is not a directory.
     """
     import torch
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
     from . import __version__
-    from ._io import atomic_savefig, atomic_write_text
-    from .cli import DemoRow, _csv_text, _json_num, exact_cost, format_table
+    from ._io import atomic_write_text
+    from .cli import (DemoRow, _check_out, _csv_text, _exact_in_ci, _json_num, _row_costs, _save_costs,
+                      _save_trajectories, _write_results, exact_cost, format_table)
     from .estimators import KalmanFilter
-    from .plot import cost_comparison, trajectory_bands
-    from .simulate import simulate
+    from .simulate import _half_width95, simulate
 
     stream = sys.stdout if stream is None else stream
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {str(out)!r} exists and is not a directory")
+    out = _check_out(out)
     t_start = time.perf_counter()
     plant, Q, R, sim = cfg.plant, cfg.Q, cfg.R, cfg.simulation
     design, ests = build(cfg)
@@ -742,9 +738,8 @@ def run_compare(cfg: CompareConfig, out: str | Path = "lqgt-compare", *, progres
         if ex is None:
             # paired differences on common noise: J ≈ J* + mean(c_name − c_ref), with its 95% interval
             d = (res.cost_per_trajectory[name] - res.cost_per_trajectory[ref]).double()
-            mean = float(d.mean())
-            half = 1.959963984540054 * float(d.std()) / math.sqrt(d.numel()) if d.numel() > 1 else math.inf
-            j = optimum + mean
+            half = _half_width95(d)
+            j = optimum + float(d.mean())
             gap_ci[name] = ((j - half) / optimum - 1.0, (j + half) / optimum - 1.0)
         else:
             j = ex
@@ -761,19 +756,12 @@ def run_compare(cfg: CompareConfig, out: str | Path = "lqgt-compare", *, progres
     print("\n" + table + "\n" + note, file=stream, flush=True)
 
     ps = cfg.plot
-    fig = Figure(figsize=(8.0, 5.6), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax1, ax2 = fig.subplots(2, 1, sharex=True)
-    trajectory_bands(res, "x", ps.state, k=ps.k, ax=ax1, ylabel=ps.state_label or f"x[{ps.state}]", xlabel="")
-    trajectory_bands(res, "u", ps.input, k=ps.k, ax=ax2, ylabel=ps.input_label or f"u[{ps.input}]", legend=False)
-    fig.suptitle(cfg.title)
-    files = {"trajectories.png": atomic_savefig(fig, out / "trajectories.png", dpi=120)}
-    fig = Figure(figsize=(8.0, 0.55 * len(rows) + 1.9), layout="constrained")
-    FigureCanvasAgg(fig)
-    cost_comparison(res.cost, res.cost_ci, exact, ax=fig.add_subplot(), optimum=optimum,
-                    xlabel="average cost per step  x'Qx + u'Ru", title=f"cost per estimator ({sim.batch} runs)")
-    fig.suptitle(cfg.title)
-    files["cost.png"] = atomic_savefig(fig, out / "cost.png", dpi=120)
+    files = {"trajectories.png": _save_trajectories(
+        res, out / "trajectories.png", state=ps.state, input=ps.input, k=ps.k,
+        state_label=ps.state_label or f"x[{ps.state}]", input_label=ps.input_label or f"u[{ps.input}]",
+        title=cfg.title)}
+    files["cost.png"] = _save_costs(res, exact, optimum, out / "cost.png", title=f"cost per estimator ({sim.batch} runs)",
+                                    suptitle=cfg.title)
     files["table.md"] = atomic_write_text(out / "table.md", f"# {cfg.title}\n\n{table}\n{note}")
     files["table.csv"] = atomic_write_text(out / "table.csv", _csv_text(rows, optimum))
 
@@ -790,22 +778,15 @@ def run_compare(cfg: CompareConfig, out: str | Path = "lqgt-compare", *, progres
         "reference": ref,
         "design": {"K": design.K.tolist(), "L": design.L.tolist(), "Lf": design.Lf.tolist()},
         "estimators": [
-            {"name": r.name, "type": types[r.name], "form": r.form, "exact_cost": _json_num(r.exact),
-             "mc_cost": _json_num(r.mc), "ci_low": _json_num(r.ci[0]), "ci_high": _json_num(r.ci[1]),
-             "gap_to_optimum": _json_num(r.gap), "gap_source": r.gap_source,
+            {"name": r.name, "type": types[r.name], **_row_costs(r),
              "gap_ci": [_json_num(g) for g in gap_ci[r.name]] if r.name in gap_ci else None,
-             "exact_in_ci": None if r.exact is None else bool(r.ci[0] <= r.exact <= r.ci[1])}
+             "exact_in_ci": _exact_in_ci(r)}
             for r in rows
         ],
         "config_data": _jsonable(cfg.raw),
         "runtime_s": {"simulate": round(t_sim, 3)},
     }
-    results["runtime_s"]["total"] = round(time.perf_counter() - t_start, 3)
-    results["files"] = sorted([*files, "results.json"])
-    atomic_write_text(out / "results.json", json.dumps(results, indent=2, allow_nan=False, ensure_ascii=False) + "\n")
-    print(f"wrote {', '.join(results['files'])} to {out}/ "
-          f"(simulate {t_sim:.1f} s, total {results['runtime_s']['total']:.1f} s)", file=stream, flush=True)
-    return results
+    return _write_results(out, results, files, t_start, t_sim, stream, ensure_ascii=False)
 
 
 def _jsonable(v: Any) -> Any:

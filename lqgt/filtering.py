@@ -33,13 +33,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from ._linalg import SYM_RTOL
-from ._torch import resolve_device, resolve_dtype
+from ._torch import resolve_device, resolve_dtype, tensor
 from .errors import (
     ConfigError,
     NonFiniteError,
@@ -47,6 +47,7 @@ from .errors import (
     NotSymmetricError,
     ShapeError,
 )
+from .estimators._gaussian import joseph, sym
 from .plant import Plant
 from .scan import SCAN_METHODS, associative_scan
 
@@ -97,11 +98,7 @@ def _check_matrix(name: str, M: Any, rows: int | None, cols: int | None) -> tupl
     M = _as_array(name, M)
     shape = tuple(M.shape)
     want = ("·" if rows is None else rows, "·" if cols is None else cols)
-    if M.ndim not in (2, 3):
-        raise ShapeError(
-            f"{name} has shape {shape}, expected {want} (constant) or (T, {want[0]}, {want[1]}) (per step)"
-        )
-    if (rows is not None and shape[-2] != rows) or (cols is not None and shape[-1] != cols):
+    if M.ndim not in (2, 3) or (rows is not None and shape[-2] != rows) or (cols is not None and shape[-1] != cols):
         raise ShapeError(
             f"{name} has shape {shape}, expected {want} (constant) or (T, {want[0]}, {want[1]}) (per step)"
         )
@@ -457,10 +454,6 @@ def choose_method(
 # --------------------------------------------------------------------------------------
 
 
-def _sym(M: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (M + M.mT)
-
-
 def _mv(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``M v`` for ``M (bm, *k, r, c)`` and ``v (bv, *k, c)``; a shared ``M`` (bm = 1) is never
     copied ``bv`` times: the batch of ``v`` becomes the columns of one matrix product."""
@@ -494,6 +487,11 @@ def _bcat(parts: list[torch.Tensor], dim: int = 1) -> torch.Tensor:
         s[dim] = p.shape[dim]
         out.append(p.expand(*s))
     return torch.cat(out, dim=dim)
+
+
+def _bstack(xs: list[torch.Tensor]) -> torch.Tensor:
+    """Stack ``(b, ...)`` tensors along a new dim 1, broadcasting the batch dim 0."""
+    return _bcat([x[:, None] for x in xs], 1)
 
 
 def _require_pd(M: torch.Tensor, message: str) -> torch.Tensor:
@@ -530,23 +528,11 @@ class _Chol:
 # --------------------------------------------------------------------------------------
 
 
-def _to_tensor(M: Any, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    if isinstance(M, torch.Tensor):
-        return M.to(device=device, dtype=dtype)
-    return torch.tensor(np.array(M, dtype=np.float64), device=device, dtype=dtype)
-
-
 def _signal(name: str, s: Any, width: int, what: str) -> torch.Tensor:
     """Convert ``y``/``u`` to a float64 tensor (device/dtype set later) and check its shape."""
-    if isinstance(s, torch.Tensor):
-        t = s
-        if not t.is_floating_point():
-            t = t.to(torch.float64)
-    else:
-        try:
-            t = torch.tensor(np.array(s, dtype=np.float64))
-        except (TypeError, ValueError) as exc:
-            raise ShapeError(f"{name} must be a numeric array: {exc}") from None
+    t = _as_array(name, s)
+    if isinstance(t, np.ndarray):
+        t = torch.tensor(t)
     if t.ndim not in (2, 3) or t.shape[-1] != width:
         raise ShapeError(
             f"{name} has shape {tuple(t.shape)}, expected (B, T, {width}) or (T, {width}) ({what})"
@@ -557,7 +543,7 @@ def _signal(name: str, s: Any, width: int, what: str) -> torch.Tensor:
 def _per_step(M: Any, T: int, *, transition: bool, name: str, device, dtype) -> torch.Tensor:
     """A model matrix as a tensor ``(1, k, r, c)`` with ``k = 1`` (constant) or the steps used:
     ``T - 1`` transitions (``t -> t + 1``) or ``T`` measurements."""
-    M = _to_tensor(M, device, dtype)
+    M = tensor(M, device, dtype)
     if M.ndim == 2:
         return M[None, None]
     steps = M.shape[0]
@@ -624,11 +610,11 @@ def _prepare(model: Any, y: Any, u: Any, dtype: Any, device: Any) -> SimpleNames
 
     kw = dict(device=dev, dtype=dt)
     A = _per_step(model.A, T, transition=True, name="A", **kw)
-    W = _sym(_per_step(model.W, T, transition=True, name="W", **kw))
+    W = sym(_per_step(model.W, T, transition=True, name="W", **kw))
     C = _per_step(model.C, T, transition=False, name="C", **kw)
-    V = _sym(_per_step(model.V, T, transition=False, name="V", **kw))
-    m0 = _to_tensor(model.m0, dev, dt)[None]
-    P0 = _sym(_to_tensor(model.P0, dev, dt))[None]
+    V = sym(_per_step(model.V, T, transition=False, name="V", **kw))
+    m0 = tensor(model.m0, dev, dt)[None]
+    P0 = sym(tensor(model.P0, dev, dt))[None]
     c = None  # B u[t] for the transitions t -> t + 1, shape (bu, T - 1, n)
     z = y3  # y - D u
     if u3 is not None:
@@ -678,47 +664,41 @@ def _filter_sequential(pp: SimpleNamespace, chol: _Chol) -> tuple[torch.Tensor, 
     # A, W are shared by the batch: 2-D per step. C, V (with missing rows dropped) are 2-D
     # when the batch shares them (then so does P), else 3-D (B, ., .).
     shared = pp.H.shape[0] == 1 and pp.R.shape[0] == 1
+    Hs, Rs = _steps(pp.H, T), _steps(pp.R, T)
     if shared:
         vm = torch.matmul  # v M' as (B, k) @ (k, l)
-        Hs, Rs = _steps(pp.H[0][None], T), _steps(pp.R[0][None], T)
         Hs, Rs = [h[0] for h in Hs], [r[0] for r in Rs]
         P = pp.P0[0]
     else:
         vm = lambda v, Mt: (v.unsqueeze(-2) @ Mt).squeeze(-2)
-        Hs, Rs = _steps(pp.H, T), _steps(pp.R, T)
         P = pp.P0
     As = [a[0] for a in _steps(pp.A, T - 1)]
     Ws = [w[0] for w in _steps(pp.W, T - 1)]
-    Ats = [As[0].mT] * len(As) if (pp.A.shape[1] == 1 and As) else [a.mT for a in As]
-    Hts = [Hs[0].mT] * T if pp.H.shape[1] == 1 else [h.mT for h in Hs]
     zs = pp.z.unbind(1)
     cs = None if pp.c is None else pp.c.unbind(1)
     m = pp.m0
     means, covs, pmeans, pcovs = [], [], [], []
     for t in range(T):
         if t > 0:
-            m = m @ Ats[t - 1]
+            F = As[t - 1]
+            m = m @ F.mT
             if cs is not None:
                 m = m + cs[t - 1]
-            P = _sym(As[t - 1] @ P @ Ats[t - 1] + Ws[t - 1])
+            P = sym(F @ P @ F.mT + Ws[t - 1])
         pmeans.append(m)
         pcovs.append(P)
-        H, Ht, R = Hs[t], Hts[t], Rs[t]
+        H, R = Hs[t], Rs[t]
         HP = H @ P
-        L = chol(HP @ Ht + R, "the innovation covariance C P C' + V")
+        L = chol(HP @ H.mT + R, "the innovation covariance C P C' + V")
         Kt = torch.cholesky_solve(HP, L)  # K' = S^{-1} C P
-        m = m + vm(zs[t] - vm(m, Ht), Kt)
+        m = m + vm(zs[t] - vm(m, H.mT), Kt)
         K = Kt.mT
-        IKH = I - K @ H
-        P = _sym(IKH @ P @ IKH.mT + K @ R @ Kt)  # Joseph form
+        P = joseph(P, I - K @ H, K, R)
         means.append(m)
         covs.append(P)
 
     def stack(xs: list[torch.Tensor], matrix: bool) -> torch.Tensor:
-        if matrix and shared:
-            return torch.stack(xs)[None]
-        b = max(x.shape[0] for x in xs)
-        return torch.stack([x if x.shape[0] == b else x.expand(b, *x.shape[1:]) for x in xs], dim=1)
+        return torch.stack(xs)[None] if matrix and shared else _bstack(xs)
 
     return stack(means, False), stack(covs, True), stack(pmeans, False), stack(pcovs, True)
 
@@ -734,13 +714,12 @@ def _smoother_sequential(pp: SimpleNamespace, m, P, pm, pP, chol: _Chol) -> tupl
         L = chol(pPl[t + 1], "the predicted covariance A P A' + W (needed by the smoother)")
         E = torch.cholesky_solve(As[t] @ Pt, L).mT  # P A' P[t+1|t]^{-1}
         msk = ml[t] + _mv(E, msk - pml[t + 1])
-        Psk = _sym(Pt + E @ (Psk - pPl[t + 1]) @ E.mT)
+        Psk = sym(Pt + E @ (Psk - pPl[t + 1]) @ E.mT)
         ms.append(msk)
         Ps.append(Psk)
     ms.reverse()
     Ps.reverse()
-    b = max(x.shape[0] for x in Ps)
-    return torch.stack(ms, dim=1), torch.stack([x.expand(b, *x.shape[1:]) for x in Ps], dim=1)
+    return torch.stack(ms, dim=1), _bstack(Ps)
 
 
 # --------------------------------------------------------------------------------------
@@ -748,36 +727,38 @@ def _smoother_sequential(pp: SimpleNamespace, m, P, pm, pP, chol: _Chol) -> tupl
 # --------------------------------------------------------------------------------------
 
 
-def _cov_op():
-    def op(e1, e2):
-        A1, b1, C1, eta1, J1 = e1
-        A2, b2, C2, eta2, J2 = e2
-        I = torch.eye(A1.shape[-1], dtype=A1.dtype, device=A1.device)
-        X = I + C1 @ J2
-        LU, piv, _ = torch.linalg.lu_factor_ex(X)
-        A2X = torch.linalg.lu_solve(LU, piv, A2, left=False)  # A2 (I + C1 J2)^{-1}
-        # A1' (I + J2 C1)^{-1} = ((I + C1 J2)^{-1} A1)'   (C1, J2 symmetric)
-        A1X = torch.linalg.lu_solve(LU, piv, A1).mT
-        A = A2X @ A1
-        b = _mv(A2X, b1 + _mv(C1, eta2)) + b2
-        C = _sym(A2X @ C1 @ A2.mT + C2)
-        eta = _mv(A1X, eta2 - _mv(J2, b1)) + eta1
-        J = _sym(A1X @ J2 @ A1 + J1)
-        return A, b, C, eta, J
+def _cov_op(e1, e2):
+    A1, b1, C1, eta1, J1 = e1
+    A2, b2, C2, eta2, J2 = e2
+    I = torch.eye(A1.shape[-1], dtype=A1.dtype, device=A1.device)
+    X = I + C1 @ J2
+    LU, piv, _ = torch.linalg.lu_factor_ex(X)
+    A2X = torch.linalg.lu_solve(LU, piv, A2, left=False)  # A2 (I + C1 J2)^{-1}
+    # A1' (I + J2 C1)^{-1} = ((I + C1 J2)^{-1} A1)'   (C1, J2 symmetric)
+    A1X = torch.linalg.lu_solve(LU, piv, A1).mT
+    A = A2X @ A1
+    b = _mv(A2X, b1 + _mv(C1, eta2)) + b2
+    C = sym(A2X @ C1 @ A2.mT + C2)
+    eta = _mv(A1X, eta2 - _mv(J2, b1)) + eta1
+    J = sym(A1X @ J2 @ A1 + J1)
+    return A, b, C, eta, J
 
-    return op
+
+def _gain(H: torch.Tensor, P: torch.Tensor, R: torch.Tensor, chol: _Chol, what: str
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kalman gain ``K = P H' S^{-1}`` and the Cholesky factor of ``S = H P H' + R`` (symmetrised)."""
+    HP = H @ P
+    L = chol(sym(HP @ H.mT + R), what)
+    return torch.cholesky_solve(HP, L).mT, L
 
 
 def _cov_elements(pp: SimpleNamespace, chol: _Chol) -> tuple[torch.Tensor, ...]:
     I, T = pp.eye, pp.T
     # first element: the prior updated with y[0]
     H0, R0 = _at(pp.H, 0), _at(pp.R, 0)
-    HP = H0 @ pp.P0
-    L0 = chol(_sym(HP @ H0.mT + R0), "the innovation covariance C P C' + V")
-    K0 = torch.cholesky_solve(HP, L0).mT
+    K0, _ = _gain(H0, pp.P0, R0, chol, "the innovation covariance C P C' + V")
     b0 = pp.m0 + _mv(K0, pp.z[:, 0] - _mv(H0, pp.m0))
-    IKH = I - K0 @ H0
-    C0 = _sym(IKH @ pp.P0 @ IKH.mT + K0 @ R0 @ K0.mT)
+    C0 = joseph(pp.P0, I - K0 @ H0, K0, R0)
     first = (
         torch.zeros_like(C0)[:, None], b0[:, None], C0[:, None],
         torch.zeros_like(b0[:1])[:, None], torch.zeros_like(C0[:1])[:, None],
@@ -787,12 +768,10 @@ def _cov_elements(pp: SimpleNamespace, chol: _Chol) -> tuple[torch.Tensor, ...]:
     F, Q = pp.A, pp.W  # (1, 1 or T-1, n, n)
     H, R = _from(pp.H, 1), _from(pp.R, 1)
     z = pp.z[:, 1:]
-    HQ = H @ Q
-    Ls = chol(_sym(HQ @ H.mT + R), "the innovation covariance C W C' + V")
-    K = torch.cholesky_solve(HQ, Ls).mT
+    K, Ls = _gain(H, Q, R, chol, "the innovation covariance C W C' + V")
     IKH = I - K @ H
     Ak = IKH @ F
-    Ck = _sym(IKH @ Q @ IKH.mT + K @ R @ K.mT)
+    Ck = joseph(Q, IKH, K, R)
     r = z if pp.c is None else z - _mv(H, pp.c)
     bk = _mv(K, r) if pp.c is None else _mv(K, r) + pp.c
     HF = H @ F
@@ -813,7 +792,7 @@ def _expand_cat(first: torch.Tensor, rest: torch.Tensor, T: int) -> torch.Tensor
 
 def _filter_parallel_cov(pp: SimpleNamespace, chol: _Chol, scan: str) -> tuple[torch.Tensor, torch.Tensor]:
     elems = _cov_elements(pp, chol)
-    _, b, C, _, _ = associative_scan(_cov_op(), elems, method=scan)
+    _, b, C, _, _ = associative_scan(_cov_op, elems, method=scan)
     return b, C
 
 
@@ -833,13 +812,13 @@ def _info_op(chol: _Chol):
     def op(a, b):
         a11, a12, a22, a1, a2 = a
         b11, b12, b22, b1, b2 = b
-        Lk = chol(_sym(a22 + b11), "the information matrix of a shared state")
+        Lk = chol(sym(a22 + b11), "the information matrix of a shared state")
         Ya = torch.linalg.solve_triangular(Lk, a12.mT, upper=False)
         Yb = torch.linalg.solve_triangular(Lk, b12, upper=False)
         yv = _tri_solve_v(Lk, a2 + b1)
-        J11 = _sym(a11 - Ya.mT @ Ya)
+        J11 = sym(a11 - Ya.mT @ Ya)
         J12 = -(Ya.mT @ Yb)
-        J22 = _sym(b22 - Yb.mT @ Yb)
+        J22 = sym(b22 - Yb.mT @ Yb)
         h1 = a1 - _mv(Ya.mT, yv)
         h2 = b2 - _mv(Yb.mT, yv)
         return J11, J12, J22, h1, h2
@@ -857,7 +836,7 @@ def _info_elements(pp: SimpleNamespace, chol: _Chol) -> tuple[torch.Tensor, ...]
 
     Lp = _require_pd(pp.P0, "P0 must be positive definite for form='information' (use form='covariance')")
     HRH0, HRz0 = meas_info(_at(pp.H, 0), _at(pp.R, 0), pp.z[:, 0])
-    J22_0 = _sym(torch.cholesky_solve(pp.eye[None], Lp) + HRH0)
+    J22_0 = sym(torch.cholesky_solve(pp.eye[None], Lp) + HRH0)
     h2_0 = _cho_solve_v(Lp, pp.m0) + HRz0
     Z = torch.zeros_like(J22_0[:1])
     zv = torch.zeros_like(pp.m0)
@@ -869,9 +848,9 @@ def _info_elements(pp: SimpleNamespace, chol: _Chol) -> tuple[torch.Tensor, ...]
     Qi = torch.cholesky_solve(pp.eye.expand_as(Lq), Lq)
     QiF = torch.cholesky_solve(F, Lq)
     HRH, HRz = meas_info(_from(pp.H, 1), _from(pp.R, 1), pp.z[:, 1:])
-    J11 = _sym(F.mT @ QiF)
+    J11 = sym(F.mT @ QiF)
     J12 = -QiF.mT
-    J22 = _sym(Qi + HRH)
+    J22 = sym(Qi + HRH)
     if pp.c is None:
         h1 = torch.zeros_like(pp.m0)[:, None]
         h2 = HRz
@@ -886,7 +865,7 @@ def _filter_parallel_info(pp: SimpleNamespace, chol: _Chol, scan: str) -> tuple[
     elems = _info_elements(pp, chol)
     _, _, Lam, _, nu = associative_scan(_info_op(chol), elems, method=scan)
     L = chol(Lam, "the filtered information matrix")
-    P = _sym(torch.cholesky_solve(pp.eye.expand_as(L), L))
+    P = sym(torch.cholesky_solve(pp.eye.expand_as(L), L))
     m = _cho_solve_v(L, nu)
     return m, P
 
@@ -899,7 +878,7 @@ def _filter_parallel_info(pp: SimpleNamespace, chol: _Chol, scan: str) -> tuple[
 def _smooth_op(a, b):
     Ea, ga, La = a
     Eb, gb, Lb = b
-    return Ea @ Eb, _mv(Ea, gb) + ga, _sym(Ea @ Lb @ Ea.mT + La)
+    return Ea @ Eb, _mv(Ea, gb) + ga, sym(Ea @ Lb @ Ea.mT + La)
 
 
 def _smoother_parallel(pp, m, P, pm, pP, chol: _Chol, scan: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -910,8 +889,7 @@ def _smoother_parallel(pp, m, P, pm, pP, chol: _Chol, scan: str) -> tuple[torch.
     Pk = P[:, :-1]
     L = chol(pP[:, 1:], "the predicted covariance A P A' + W (needed by the smoother)")
     E = torch.cholesky_solve(F @ Pk, L).mT  # P A' P[t+1|t]^{-1}
-    IEF = pp.eye - E @ F
-    Lk = _sym(IEF @ Pk @ IEF.mT + E @ Q @ E.mT)
+    Lk = joseph(Pk, pp.eye - E @ F, E, Q)
     g = m[:, :-1] - _mv(E, pm[:, 1:])
     last_P = P[:, -1:]
     elems = (
@@ -936,14 +914,14 @@ def _predicted(pp: SimpleNamespace, m: torch.Tensor, P: torch.Tensor) -> tuple[t
     pm = _mv(F, m[:, :-1])
     if pp.c is not None:
         pm = pm + pp.c
-    pP = _sym(F @ P[:, :-1] @ F.mT + pp.W)
+    pP = sym(F @ P[:, :-1] @ F.mT + pp.W)
     return _bcat([pp.m0[:, None], pm], 1), _bcat([pp.P0[:, None], pP], 1)
 
 
 def _log_likelihood(pp: SimpleNamespace, pm: torch.Tensor, pP: torch.Tensor, chol: _Chol) -> torch.Tensor:
     """``Σ_t log N(z[t]; H x̂[t|t-1], H P[t|t-1] H' + R)`` over the observed components, ``(B,)``."""
     H, R = pp.H, pp.R
-    L = chol(_sym(H @ pP @ H.mT + R), "the innovation covariance C P C' + V")
+    L = chol(sym(H @ pP @ H.mT + R), "the innovation covariance C P C' + V")
     e = pp.z - _mv(H, pm)
     w = _tri_solve_v(L, e)
     quad = (w * w).sum(-1)  # (B, T)
@@ -965,7 +943,37 @@ def _check_args(method: str, form: str, scan: str) -> None:
         raise ConfigError(f"scan must be one of {SCAN_METHODS}, got {scan!r}")
 
 
-def _run_filter(pp: SimpleNamespace, method: str, form: str, scan: str, chol: _Chol):
+class _Forward(NamedTuple):
+    """The forward pass shared by :func:`kalman_filter` and :func:`rts_smoother` (internal shapes)."""
+
+    pp: SimpleNamespace
+    chol: _Chol
+    method: str
+    form: str | None
+    m: torch.Tensor
+    P: torch.Tensor
+    pm: torch.Tensor
+    pP: torch.Tensor
+    ll: torch.Tensor
+
+    def result(self) -> FilterResult:
+        pp = self.pp
+        return FilterResult(
+            means=_finish(pp, self.m),
+            covariances=_finish(pp, self.P, cov=True),
+            predicted_means=_finish(pp, self.pm),
+            predicted_covariances=_finish(pp, self.pP, cov=True),
+            log_likelihood=_finish(pp, self.ll),
+            method=self.method,
+            form=self.form,
+        )
+
+
+def _run_filter(model: Any, y: Any, u: Any, method: str, form: str, scan: str, dtype: Any, device: Any) -> _Forward:
+    """Check the options, prepare the data and run the forward filter (Cholesky failures unchecked)."""
+    _check_args(method, form, scan)
+    pp = _prepare(model, y, u, dtype, device)
+    chol = _Chol()
     if method == "auto":
         free = None
         if pp.device.type == "cuda":
@@ -984,8 +992,7 @@ def _run_filter(pp: SimpleNamespace, method: str, form: str, scan: str, chol: _C
     if m.shape[0] != pp.batch:
         m = m.expand(pp.batch, -1, -1)
         pm = pm.expand(pp.batch, -1, -1)
-    ll = _log_likelihood(pp, pm, pP, chol)
-    return method, form_used, m, P, pm, pP, ll
+    return _Forward(pp, chol, method, form_used, m, P, pm, pP, _log_likelihood(pp, pm, pP, chol))
 
 
 def _finish(pp: SimpleNamespace, x: torch.Tensor, cov: bool = False) -> torch.Tensor:
@@ -1078,21 +1085,10 @@ def kalman_filter(
     >>> bool((a.means - b.means).abs().max() < 1e-12)
     True
     """
-    _check_args(method, form, scan)
-    pp = _prepare(model, y, u, dtype, device)
-    chol = _Chol()
-    method, form_used, m, P, pm, pP, ll = _run_filter(pp, method, form, scan, chol)
-    chol.check()
-    _check_finite(m, P, ll)
-    return FilterResult(
-        means=_finish(pp, m),
-        covariances=_finish(pp, P, cov=True),
-        predicted_means=_finish(pp, pm),
-        predicted_covariances=_finish(pp, pP, cov=True),
-        log_likelihood=_finish(pp, ll),
-        method=method,
-        form=form_used,
-    )
+    fw = _run_filter(model, y, u, method, form, scan, dtype, device)
+    fw.chol.check()
+    _check_finite(fw.m, fw.P, fw.ll)
+    return fw.result()
 
 
 def rts_smoother(
@@ -1142,23 +1138,13 @@ def rts_smoother(
         As :func:`kalman_filter`; also ``NotPositiveDefiniteError`` when a predicted
         covariance ``A P A' + W`` is singular (the smoother gain needs its inverse).
     """
-    _check_args(method, form, scan)
-    pp = _prepare(model, y, u, dtype, device)
-    chol = _Chol()
-    method, form_used, m, P, pm, pP, ll = _run_filter(pp, method, form, scan, chol)
-    if method == "sequential":
-        ms, Ps = _smoother_sequential(pp, m, P, pm, pP, chol)
+    fw = _run_filter(model, y, u, method, form, scan, dtype, device)
+    pp, moments = fw.pp, (fw.m, fw.P, fw.pm, fw.pP)
+    if fw.method == "sequential":
+        ms, Ps = _smoother_sequential(pp, *moments, fw.chol)
     else:
-        ms, Ps = _smoother_parallel(pp, m, P, pm, pP, chol, scan)
-    chol.check()
-    _check_finite(m, P, ll, ms, Ps)
-    filt = FilterResult(
-        means=_finish(pp, m),
-        covariances=_finish(pp, P, cov=True),
-        predicted_means=_finish(pp, pm),
-        predicted_covariances=_finish(pp, pP, cov=True),
-        log_likelihood=_finish(pp, ll),
-        method=method,
-        form=form_used,
-    )
-    return SmootherResult(means=_finish(pp, ms), covariances=_finish(pp, Ps, cov=True), filtered=filt, method=method)
+        ms, Ps = _smoother_parallel(pp, *moments, fw.chol, scan)
+    fw.chol.check()
+    _check_finite(fw.m, fw.P, fw.ll, ms, Ps)
+    return SmootherResult(means=_finish(pp, ms), covariances=_finish(pp, Ps, cov=True), filtered=fw.result(),
+                          method=fw.method)

@@ -68,14 +68,19 @@ def _check_plant(plant) -> Plant:
     return plant
 
 
-def _gains(plant: Plant, design) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(K, L, Lf)`` of an :class:`lqgt.LQGDesign`, checked against the plant's dimensions."""
+def _design_attrs(design, *names: str) -> tuple:
+    """The named attributes of an :class:`lqgt.LQGDesign`; a ConfigError for anything else."""
     try:
-        K, L, Lf = design.K, design.L, design.Lf
+        return tuple(getattr(design, name) for name in names)
     except AttributeError:
         raise ConfigError(
             f"design must be an lqgt.LQGDesign (from lqgt.lqg), got {type(design).__name__}"
         ) from None
+
+
+def _gains(plant: Plant, design) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(K, L, Lf)`` of an :class:`lqgt.LQGDesign`, checked against the plant's dimensions."""
+    K, L, Lf = _design_attrs(design, "K", "L", "Lf")
     n, m, p = plant.n, plant.m, plant.p
     return (as_matrix("design.K", K, (m, n)), as_matrix("design.L", L, (n, p)),
             as_matrix("design.Lf", Lf, (n, p)))
@@ -478,10 +483,7 @@ def lqr_guaranteed_margins(plant: Plant, design) -> LqrMarginBound:
         lower bound), or is not an :class:`~lqgt.LQGDesign`.
     """
     _check_plant(plant)
-    try:
-        X, R, N = design.X, design.R, design.N
-    except AttributeError:
-        raise ConfigError(f"design must be an lqgt.LQGDesign (from lqgt.lqg), got {type(design).__name__}") from None
+    X, R, N = _design_attrs(design, "X", "R", "N")
     X = as_matrix("design.X", X, (plant.n, plant.n))
     R = as_matrix("design.R", R, (plant.m, plant.m))
     if N is not None and np.any(np.asarray(N) != 0):
@@ -699,17 +701,14 @@ def frequency_response(plant: Plant, K, estimator, omegas: Sequence[float], ampl
     harmonics alias: the ``k``-th harmonic lands on ``±θ`` when ``(k ∓ 1) θ`` is a multiple
     of ``2π`` (e.g. the 3rd harmonic at ``θ = π/2``).
     """
+    from .simulate import _policy
+
     _check_plant(plant)
     m = plant.m
-    if callable(K) and not isinstance(K, (np.ndarray, torch.Tensor)):
-        if settle is None:
-            raise ConfigError("settle= is required when K is a policy (callable): the default is computed from "
-                              "a static gain")
-        Kmat = K
-    else:
-        if isinstance(K, torch.Tensor):
-            K = K.detach().cpu().numpy()
-        Kmat = as_matrix("K", K, (m, plant.n))
+    Kmat, policy = _policy(K, plant)
+    if policy is not None and settle is None:
+        raise ConfigError("settle= is required when K is a policy (callable): the default is computed from "
+                          "a static gain")
     w = np.atleast_1d(np.asarray(omegas, dtype=float))
     if w.ndim != 1 or w.size == 0:
         raise ShapeError(f"omegas must be a non-empty 1-D sequence of frequencies (rad/s), got shape {w.shape}")
@@ -726,7 +725,7 @@ def frequency_response(plant: Plant, K, estimator, omegas: Sequence[float], ampl
     if not chans or len(set(chans)) != len(chans) or not all(0 <= j < m for j in chans):
         raise ConfigError(f"inputs must be distinct plant-input indices in 0..{m - 1}, got {inputs!r}")
     if settle is None:
-        settle = _default_settle(plant, Kmat)
+        settle = _default_settle(plant, Kmat)  # K is a static gain here (checked above)
     if isinstance(settle, bool) or not isinstance(settle, (int, np.integer)) or settle < 0:
         raise ConfigError(f"settle must be an integer >= 0, got {settle!r}")
     dev, dt = resolve_device(device), resolve_dtype(dtype)
@@ -750,7 +749,7 @@ def frequency_response(plant: Plant, K, estimator, omegas: Sequence[float], ampl
     d = torch.zeros(B, horizon, m, device=dev, dtype=dt)
     d[torch.arange(B, device=dev), :, torch.as_tensor(j_row, device=dev)] = tensor(a_row, dev, dt)[:, None] * s_t
 
-    u = _run_loop(plant, Kmat, estimator, d, dev, dt)
+    u = _run_loop(plant, Kmat if policy is None else policy, estimator, d, dev, dt)
     if tuple(u.shape) != (B, horizon, m):
         raise ShapeError(f"the simulator returned u of shape {tuple(u.shape)}, expected {(B, horizon, m)}")
 

@@ -40,7 +40,7 @@ from .errors import (
     RiccatiError,
     ShapeError,
 )
-from .estimators.ekf import check_covariance
+from .estimators._gaussian import check_covariance, joseph, step_timing, sym
 from .nonlinear import NonlinearPlant
 from .riccati import dlqe, dlqr
 
@@ -112,6 +112,19 @@ class Dictionary:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ShapeError(f"{type(self).__name__} lifts inputs of shape (B, {self.input_dim}), got {got}")
 
+    def _state_layout(self, constant: bool, extra: Sequence[str]) -> None:
+        """Columns ``[1 (if constant), x_0, …, x_{n-1}, *extra]``: set names, dim and the indices."""
+        self.names = tuple((["1"] if constant else []) + [f"x{k}" for k in range(self.n)] + list(extra))
+        self.dim = len(self.names)
+        off = 1 if constant else 0
+        self.state_index = tuple(range(off, off + self.n))
+        self.constant_index = (0,) if constant else ()
+
+    def _stack(self, x: torch.Tensor, *features: torch.Tensor) -> torch.Tensor:
+        """``[1 (if self.constant), x, *features]`` along the last dim (subclasses with a ``constant`` flag)."""
+        cols = [x.new_ones(x.shape[0], 1)] if self.constant else []
+        return torch.cat(cols + [x, *features], dim=-1)
+
 
 def _monomial_name(idx: Sequence[int]) -> str:
     if not idx:
@@ -147,14 +160,7 @@ class Polynomial(Dictionary):
             np.array(list(itertools.combinations_with_replacement(range(self.n), d)), dtype=np.int64)
             for d in range(2, self.degree + 1)
         ]
-        names = (["1"] if constant else []) + [f"x{k}" for k in range(self.n)]
-        for g in self._groups:
-            names += [_monomial_name(tuple(r)) for r in g]
-        self.names = tuple(names)
-        self.dim = len(names)
-        off = 1 if constant else 0
-        self.state_index = tuple(range(off, off + self.n))
-        self.constant_index = (0,) if constant else ()
+        self._state_layout(self.constant, [_monomial_name(tuple(r)) for g in self._groups for r in g])
         self._idx_cache: dict[Any, list[torch.Tensor]] = {}
 
     def __repr__(self) -> str:
@@ -165,11 +171,7 @@ class Polynomial(Dictionary):
         key = x.device
         if key not in self._idx_cache:
             self._idx_cache[key] = [torch.as_tensor(g, device=x.device) for g in self._groups]
-        cols = [x.new_ones(x.shape[0], 1)] if self.constant else []
-        cols.append(x)
-        for g in self._idx_cache[key]:
-            cols.append(x[:, g].prod(-1))
-        return torch.cat(cols, dim=-1)
+        return self._stack(x, *(x[:, g].prod(-1) for g in self._idx_cache[key]))
 
 
 class Identity(Polynomial):
@@ -214,12 +216,7 @@ class RBF(Dictionary):
             raise DictionaryError(f"width must be a positive number, got {width!r}")
         self.centers, self.width, self.kernel, self.constant = C, float(width), kernel, bool(constant)
         self.n = C.shape[1]
-        off = 1 if constant else 0
-        self.names = tuple((["1"] if constant else []) + [f"x{k}" for k in range(self.n)]
-                           + [f"rbf{j}" for j in range(C.shape[0])])
-        self.dim = len(self.names)
-        self.state_index = tuple(range(off, off + self.n))
-        self.constant_index = (0,) if constant else ()
+        self._state_layout(self.constant, [f"rbf{j}" for j in range(C.shape[0])])
 
     def __repr__(self) -> str:
         return f"RBF(n={self.n}, centers={self.centers.shape[0]}, kernel={self.kernel!r}, width={self.width})"
@@ -232,8 +229,7 @@ class RBF(Dictionary):
             phi = torch.exp(-r2 / (2.0 * self.width**2))
         else:
             phi = 0.5 * r2 * torch.log(r2.clamp_min(torch.finfo(x.dtype).tiny))  # r² log r
-        cols = [x.new_ones(x.shape[0], 1)] if self.constant else []
-        return torch.cat(cols + [x, phi], dim=-1)
+        return self._stack(x, phi)
 
 
 class TimeDelay(Dictionary):
@@ -682,17 +678,14 @@ class Koopman:
         if x0 is not None:
             batch = np.asarray(x0).shape[0]
         E = float(u_std) * torch.randn(int(batch), int(horizon), plant.m, generator=gen, dtype=torch.float64)
-        if policy is None:
-            tr = plant.sample(horizon, batch=batch, u=E, x0=x0, seed=seed, noise=noise)
-        else:
-            step = {"t": 0}
+        step = {"t": 0}
 
-            def pol(x):
-                u = policy(x) + E[:, step["t"]]
-                step["t"] += 1
-                return u
+        def excited(x):
+            u = policy(x) + E[:, step["t"]]
+            step["t"] += 1
+            return u
 
-            tr = plant.sample(horizon, batch=batch, u=pol, x0=x0, seed=seed, noise=noise)
+        tr = plant.sample(horizon, batch=batch, u=E if policy is None else excited, x0=x0, seed=seed, noise=noise)
         if not torch.isfinite(tr.x).all():
             raise NonFiniteError("the simulated training trajectories diverged; shorten horizon= or add a stabilising policy=")
         with torch.no_grad():
@@ -947,19 +940,14 @@ class KoopmanFilter:
             else:
                 psi = psi @ c["K"].T + u @ c["B"].T + (y - psi @ c["C"].T) @ c["G"].T
             return (psi, P, c, True, t + 1), psi @ c["P"].T
-        if self.form == "current" and started:
-            psi, P = self._predict(psi, P, u, c)
-        psi, P = self._update(psi, P, y, c)
-        if self.form == "predictor":
-            psi, P = self._predict(psi, P, u, c)
+        psi, P = step_timing(self.form, started, self._predict, self._update, psi, P, y, u, c)
         check_covariance(self.label, P, torch.ones((), dtype=torch.bool, device=P.device), t)
         return (psi, P, c, True, t + 1), psi @ c["P"].T
 
     @staticmethod
     def _predict(psi, P, u, c):
         K = c["K"]
-        P = K @ P @ K.T + c["W"]
-        return psi @ K.T + u @ c["B"].T, 0.5 * (P + P.T)
+        return psi @ K.T + u @ c["B"].T, sym(K @ P @ K.T + c["W"])
 
     @staticmethod
     def _update(psi, P, y, c):
@@ -967,9 +955,7 @@ class KoopmanFilter:
         S = C @ P @ C.T + V
         G = torch.linalg.solve(S, C @ P).T                    # P C' S^{-1}
         psi = psi + (y - psi @ C.T) @ G.T
-        IGC = c["I"] - G @ C
-        P = IGC @ P @ IGC.T + G @ V @ G.T
-        return psi, 0.5 * (P + P.T)
+        return psi, joseph(P, c["I"] - G @ C, G, V)
 
 
 # ---------------------------------------------------------------------------------------------

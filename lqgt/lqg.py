@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.linalg
@@ -11,7 +11,7 @@ from ._linalg import as_matrix, check_psd, spectral_radius, symmetrize
 from .closed_loop import check_form, closed_loop
 from .errors import NotPositiveDefiniteError, ShapeError
 from .plant import Plant
-from .riccati import dlqe, dlqr
+from .riccati import _filter_gain, dlqe, dlqr
 
 __all__ = ["LQGDesign", "lqg", "lqg_cost", "cost_weights"]
 
@@ -43,6 +43,11 @@ def cost_weights(plant: Plant, Q, R, N=None) -> tuple[np.ndarray, np.ndarray, np
     -------
     Q, R, N : numpy.ndarray
     """
+    return _cost_weights(plant, Q, R, N)[:3]
+
+
+def _cost_weights(plant, Q, R, N=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`cost_weights` and the joint weight ``Qz = [[Q, N], [N', R]]`` of ``z = [x; u]``."""
     if not isinstance(plant, Plant) and getattr(plant, "is_linear", True) is not False:
         _require_plant(plant)
     n, m = plant.n, plant.m
@@ -52,7 +57,7 @@ def cost_weights(plant: Plant, Q, R, N=None) -> tuple[np.ndarray, np.ndarray, np
     Qz = np.block([[Q, N], [N.T, R]])
     if np.min(np.linalg.eigvalsh(Qz)) < -1e-8 * max(1.0, float(np.abs(Qz).max())):
         raise NotPositiveDefiniteError("[[Q, N], [N', R]] must be positive semidefinite")
-    return Q, R, N
+    return Q, R, N, Qz
 
 
 @dataclass(frozen=True, eq=False)
@@ -119,17 +124,16 @@ def lqg(plant: Plant, Q, R, N=None) -> LQGDesign:
         As raised by :func:`lqgt.dlqr` / :func:`lqgt.dlqe` or by weight checks.
     """
     _require_plant(plant)
-    Q, R, N = cost_weights(plant, Q, R, N)
+    Q, R, N, Qz = _cost_weights(plant, Q, R, N)
     K, X, _ = dlqr(plant.A, plant.B, Q, R, N)
     L, P, _ = dlqe(plant.A, plant.C, plant.W, plant.V)
-    Lf = P @ plant.C.T @ np.linalg.inv(plant.C @ P @ plant.C.T + plant.V)
+    Lf = _filter_gain(plant.C, P, plant.V)
     # With a feedthrough D the current-form controller must solve the algebraic loop
     # (I - K Lf D) u = -K (x̄ + Lf (y - C x̄)); the D u terms then cancel in the innovation,
     # so the closed loop, and its cost, are those of the plant without D.
-    no_d = plant if not plant.has_feedthrough else Plant(
-        plant.A, plant.B, plant.C, W=plant.W, V=plant.V, m0=plant.m0, P0=plant.P0, dt=plant.dt)
-    cost = lqg_cost(no_d, Q, R, K, Lf, form="current", N=N)
-    cost_p = lqg_cost(plant, Q, R, K, L, form="predictor", N=N)
+    no_d = replace(plant, D=None) if plant.has_feedthrough else plant
+    cost = _average_cost(no_d, Qz, K, Lf, "current")
+    cost_p = _average_cost(plant, Qz, K, L, "predictor")
     return LQGDesign(K=K, L=L, Lf=Lf, X=X, P=P, cost=cost, cost_predictor=cost_p, Q=Q, R=R, N=N)
 
 
@@ -166,9 +170,15 @@ def lqg_cost(plant: Plant, Q, R, K, L, form: str = "predictor", N=None, *, model
     """
     check_form(form)
     _require_plant(plant)
-    Q, R, N = cost_weights(plant, Q, R, N)
+    Qz = _cost_weights(plant, Q, R, N)[3]
     K = as_matrix("K", K, (plant.m, plant.n))
     L = as_matrix("L", L, (plant.n, plant.p))
+    return _average_cost(plant, Qz, K, L, form, model)
+
+
+def _average_cost(plant: Plant, Qz: np.ndarray, K: np.ndarray, L: np.ndarray, form: str,
+                  model: Plant | None = None) -> float:
+    """:func:`lqg_cost` for checked arguments (``Qz`` from :func:`_cost_weights`)."""
     cl = closed_loop(plant, K, L, form, model=model)
     if spectral_radius(cl.F) >= 1.0:
         return float("inf")
@@ -179,6 +189,5 @@ def lqg_cost(plant: Plant, Q, R, K, L, form: str = "predictor", N=None, *, model
     sl = cl.slices()
     rows = np.r_[np.arange(plant.n), np.arange(sl["u"].start, sl["u"].stop)]
     Hz, Jz = cl.H[rows], cl.J[rows]
-    Qz = np.block([[Q, N], [N.T, R]])
     cov_z = Hz @ Sigma @ Hz.T + Jz @ plant.V @ Jz.T
     return float(np.sum(Qz * cov_z))

@@ -133,6 +133,23 @@ def _batched_jacobian(fn: Callable[..., torch.Tensor], x: torch.Tensor, k: int, 
     return out.detach(), torch.stack(rows, 1)
 
 
+def _vmap_jacobian(fn: Callable[..., torch.Tensor], *args: torch.Tensor, argnums: int | tuple[int, ...] = 0):
+    """``fn(*args)`` per row and its Jacobian(s) in ``args[argnums]``, by ``torch.func.vmap(jacrev)``
+    over the batch (``fn`` maps single rows)."""
+    def g(*a):
+        out = fn(*a)
+        return out, out
+
+    with torch.inference_mode(False):
+        jac, value = torch.func.vmap(torch.func.jacrev(g, argnums=argnums, has_aux=True))(*(a.clone() for a in args))
+    return value, jac
+
+
+def _check_jacobian_method(method: str) -> None:
+    if method not in ("autograd", "vmap"):
+        raise ConfigError(f"method must be 'autograd' or 'vmap', got {method!r}")
+
+
 class NonlinearPlant:
     """A discrete-time nonlinear plant with additive Gaussian noise.
 
@@ -376,16 +393,10 @@ class NonlinearPlant:
         Fx : torch.Tensor, shape (B, n, n)
         Fu : torch.Tensor, shape (B, n, m) or None
         """
+        _check_jacobian_method(method)
         if method == "vmap":
-            def g(xi, ui):
-                out = self._single_f(xi, ui)
-                return out, out
-
-            with torch.inference_mode(False):
-                (Fx, Fu), fx = torch.func.vmap(torch.func.jacrev(g, argnums=(0, 1), has_aux=True))(x.clone(), u.clone())
+            fx, (Fx, Fu) = _vmap_jacobian(self._single_f, x, u, argnums=(0, 1))
             return fx, Fx, Fu
-        if method != "autograd":
-            raise ConfigError(f"method must be 'autograd' or 'vmap', got {method!r}")
         fx, Fx = _batched_jacobian(self._f, x, self.n, u)
         return fx, Fx, None
 
@@ -404,22 +415,22 @@ class NonlinearPlant:
         hx : torch.Tensor, shape (B, p)
         Hx : torch.Tensor, shape (B, p, n)
         """
+        _check_jacobian_method(method)
         if method == "vmap":
-            def g(xi):
-                out = self._single_h(xi)
-                return out, out
-
-            with torch.inference_mode(False):
-                Hx, hx = torch.func.vmap(torch.func.jacrev(g, has_aux=True))(x.clone())
-            return hx, Hx
-        if method != "autograd":
-            raise ConfigError(f"method must be 'autograd' or 'vmap', got {method!r}")
+            return _vmap_jacobian(self._single_h, x)
         return _batched_jacobian(self._h, x, self.p)
 
     def _point(self, x_eq, u_eq) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.zeros(self.n, dtype=torch.float64) if x_eq is None else torch.tensor(as_vector("x_eq", x_eq, self.n))
         u = torch.zeros(self.m, dtype=torch.float64) if u_eq is None else torch.tensor(as_vector("u_eq", u_eq, self.m))
         return x, u
+
+    def _point_jacobians(self, x: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``∂f/∂x``, ``∂f/∂u``, ``∂h/∂x`` at one point (``torch.func.jacrev``)."""
+        with torch.inference_mode(False):
+            A, B = torch.func.jacrev(self._single_f, argnums=(0, 1))(x, u)
+            C = torch.func.jacrev(self._single_h)(x)
+        return A, B, C
 
     def linearize(self, x_eq=None, u_eq=None, *, require_equilibrium: bool = True, tol: float = 1e-8) -> Plant:
         """Linearise about ``(x_eq, u_eq)`` by autograd: a :class:`lqgt.Plant` in deviation coordinates.
@@ -462,10 +473,7 @@ class NonlinearPlant:
                 f"(x_eq, u_eq) is not an equilibrium: max |f(x_eq, u_eq) - x_eq| = {gap:.3g}; "
                 "pass require_equilibrium=False to linearise anyway (the affine term is dropped)"
             )
-        with torch.inference_mode(False):
-            A, B = torch.func.jacrev(self._single_f, argnums=(0, 1))(x, u)
-            C = torch.func.jacrev(self._single_h)(x)
-        mats = [M.detach().numpy() for M in (A, B, C)]
+        mats = [M.detach().numpy() for M in self._point_jacobians(x, u)]
         for label, M in zip("ABC", mats):
             if not np.all(np.isfinite(M)):
                 raise NonFiniteError(f"the Jacobian {label} at (x_eq, u_eq) is not finite")
@@ -489,9 +497,7 @@ class NonlinearPlant:
             ``max |J_autograd - J_fd| / max(1, max |J_fd|)`` over ``∂f/∂x``, ``∂f/∂u``, ``∂h/∂x``.
         """
         x, u = self._point(self.m0 if x is None else x, u)
-        with torch.inference_mode(False):
-            A, B = torch.func.jacrev(self._single_f, argnums=(0, 1))(x, u)
-            C = torch.func.jacrev(self._single_h)(x)
+        A, B, C = self._point_jacobians(x, u)
 
         def fd(fn, z):
             cols = []

@@ -12,10 +12,22 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .nonlinear import NonlinearPlant
+from .errors import ConfigError
+from .nonlinear import BatchedMap, NonlinearPlant
 from .plants import Example
 
 __all__ = ["NAMES", "cart_pole_nonlinear", "duffing", "get", "pendulum", "van_der_pol"]
+
+
+def _example(name: str, fc: BatchedMap, *, measured: int, Wc: np.ndarray, V, dt: float, substeps: int, P0: np.ndarray,
+             Q: np.ndarray, R: np.ndarray, m0=None) -> Example:
+    """One scalar force/torque input, the first ``measured`` states measured, sampled by RK4."""
+    def h(x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0:measured]
+
+    plant = NonlinearPlant.from_continuous(fc, h, Wc=Wc, V=V, n=Wc.shape[0], m=1, p=measured, dt=dt,
+                                           substeps=substeps, m0=m0, P0=P0, name=name)
+    return Example(plant, Q, R)
 
 
 def pendulum(dt: float = 0.05, *, mass: float = 1.0, length: float = 1.0, damping: float = 0.1,
@@ -52,14 +64,8 @@ def pendulum(dt: float = 0.05, *, mass: float = 1.0, length: float = 1.0, dampin
         th, om = x[:, 0:1], x[:, 1:2]
         return torch.cat([om, a * torch.sin(th) - c * om + d * u[:, 0:1]], dim=-1)
 
-    def h(x: torch.Tensor) -> torch.Tensor:
-        return x[:, 0:1]
-
-    plant = NonlinearPlant.from_continuous(
-        fc, h, Wc=np.diag([0.0, 0.01]), V=[[4e-4]], n=2, m=1, p=1, dt=dt, substeps=substeps,
-        P0=0.01 * np.eye(2), name="pendulum",
-    )
-    return Example(plant, np.diag([1.0, 0.1]), np.array([[0.1]]))
+    return _example("pendulum", fc, measured=1, Wc=np.diag([0.0, 0.01]), V=[[4e-4]], dt=dt, substeps=substeps,
+                    P0=0.01 * np.eye(2), Q=np.diag([1.0, 0.1]), R=np.array([[0.1]]))
 
 
 def cart_pole_nonlinear(dt: float = 0.02, *, cart_mass: float = 1.0, pole_mass: float = 0.1,
@@ -105,14 +111,8 @@ def cart_pole_nonlinear(dt: float = 0.02, *, cart_mass: float = 1.0, pole_mass: 
         alpha = (g * s - acc * c) / l
         return torch.cat([v, om, acc, alpha], dim=-1)
 
-    def h(x: torch.Tensor) -> torch.Tensor:
-        return x[:, 0:2]
-
-    plant = NonlinearPlant.from_continuous(
-        fc, h, Wc=np.diag([0.0, 0.0, 0.01, 0.04]), V=np.diag([1e-4, 1e-4]), n=4, m=1, p=2, dt=dt,
-        substeps=substeps, P0=1e-3 * np.eye(4), name="cart_pole_nonlinear",
-    )
-    return Example(plant, np.diag([1.0, 10.0, 0.1, 0.1]), np.array([[0.1]]))
+    return _example("cart_pole_nonlinear", fc, measured=2, Wc=np.diag([0.0, 0.0, 0.01, 0.04]), V=np.diag([1e-4, 1e-4]),
+                    dt=dt, substeps=substeps, P0=1e-3 * np.eye(4), Q=np.diag([1.0, 10.0, 0.1, 0.1]), R=np.array([[0.1]]))
 
 
 def van_der_pol(dt: float = 0.05, *, mu: float = 1.0, substeps: int = 2) -> Example:
@@ -141,14 +141,8 @@ def van_der_pol(dt: float = 0.05, *, mu: float = 1.0, substeps: int = 2) -> Exam
         p, v = x[:, 0:1], x[:, 1:2]
         return torch.cat([v, mu * (1.0 - p * p) * v - p + u[:, 0:1]], dim=-1)
 
-    def h(x: torch.Tensor) -> torch.Tensor:
-        return x[:, 0:1]
-
-    plant = NonlinearPlant.from_continuous(
-        fc, h, Wc=np.diag([0.0, 0.05]), V=[[0.01]], n=2, m=1, p=1, dt=dt, substeps=substeps,
-        m0=[2.0, 0.0], P0=0.25 * np.eye(2), name="van_der_pol",
-    )
-    return Example(plant, np.eye(2), np.eye(1))
+    return _example("van_der_pol", fc, measured=1, Wc=np.diag([0.0, 0.05]), V=[[0.01]], dt=dt, substeps=substeps,
+                    m0=[2.0, 0.0], P0=0.25 * np.eye(2), Q=np.eye(2), R=np.eye(1))
 
 
 def duffing(dt: float = 0.05, *, alpha: float = -1.0, beta: float = 1.0, delta: float = 0.3,
@@ -183,14 +177,8 @@ def duffing(dt: float = 0.05, *, alpha: float = -1.0, beta: float = 1.0, delta: 
         p, v = x[:, 0:1], x[:, 1:2]
         return torch.cat([v, -delta * v - alpha * p - beta * p * p * p + u[:, 0:1]], dim=-1)
 
-    def h(x: torch.Tensor) -> torch.Tensor:
-        return x[:, 0:1]
-
-    plant = NonlinearPlant.from_continuous(
-        fc, h, Wc=np.diag([0.0, 0.05]), V=[[0.01]], n=2, m=1, p=1, dt=dt, substeps=substeps,
-        m0=[1.0, 0.0], P0=0.1 * np.eye(2), name="duffing",
-    )
-    return Example(plant, np.eye(2), np.eye(1))
+    return _example("duffing", fc, measured=1, Wc=np.diag([0.0, 0.05]), V=[[0.01]], dt=dt, substeps=substeps,
+                    m0=[1.0, 0.0], P0=0.1 * np.eye(2), Q=np.eye(2), R=np.eye(1))
 
 
 NAMES = ("pendulum", "cart_pole_nonlinear", "van_der_pol", "duffing")
@@ -208,8 +196,6 @@ def get(name: str) -> Example:
     -------
     Example
     """
-    from .errors import ConfigError
-
     if name not in NAMES:
         raise ConfigError(f"unknown nonlinear example plant {name!r}; choose one of {', '.join(NAMES)}")
     return globals()[name]()

@@ -7,12 +7,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import scipy.linalg
 
-from ._linalg import as_matrix, as_vector, check_psd
+from ._linalg import as_matrix, as_square, as_vector, check_psd, symmetrize
 from .errors import ShapeError
 
 __all__ = ["Plant", "van_loan"]
@@ -52,9 +52,8 @@ def van_loan(Ac, Bc, Wc, dt: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     W : numpy.ndarray, shape (n, n)
         ``∫_0^dt exp(Ac s) Wc exp(Ac' s) ds`` (Van Loan, 1978).
     """
-    Ac = as_matrix("Ac", Ac)
+    Ac = as_square("Ac", Ac)
     n = Ac.shape[0]
-    Ac = as_matrix("Ac", Ac, (n, n))
     Bc = as_matrix("Bc", Bc, (n, None))
     Wc = check_psd("Wc", as_matrix("Wc", Wc, (n, n)), strict=False)
     dt = _sample_time(dt)
@@ -73,7 +72,7 @@ def van_loan(Ac, Bc, Wc, dt: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     F = scipy.linalg.expm(M * dt)
     Ad = F[n:, n:].T
     W = Ad @ F[:n, n:]
-    return A, B, 0.5 * (W + W.T)
+    return A, B, symmetrize(W)
 
 
 @dataclass(frozen=True, eq=False)
@@ -133,9 +132,8 @@ class Plant:
     dt: float = field(default=1.0, kw_only=True)
 
     def __post_init__(self) -> None:
-        A = as_matrix("A", self.A)
+        A = as_square("A", self.A)
         n = A.shape[0]
-        A = as_matrix("A", A, (n, n))
         B = as_matrix("B", self.B, (n, None))
         m = B.shape[1]
         C = as_matrix("C", self.C, (None, n))
@@ -270,7 +268,4 @@ class Plant:
         -------
         Plant
         """
-        return Plant(
-            self.A, self.B, self.C, W=self.W if W is None else W, V=self.V if V is None else V,
-            D=self.D, m0=self.m0, P0=self.P0, dt=self.dt,
-        )
+        return replace(self, W=self.W if W is None else W, V=self.V if V is None else V)

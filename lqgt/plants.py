@@ -34,6 +34,18 @@ class Example(NamedTuple):
     R: np.ndarray
 
 
+def _mechanical(stiffness, damping) -> np.ndarray:
+    """``Ac`` of a system with states ``[q; q̇]`` and ``q̈ = stiffness q + damping q̇``."""
+    k = len(stiffness)
+    return np.block([[np.zeros((k, k)), np.eye(k)], [np.asarray(stiffness, float), np.asarray(damping, float)]])
+
+
+def _sampled(Ac, Bc, C, *, Wc, V, dt: float, P0, Q, R) -> Example:
+    """Sample a continuous plant (:meth:`Plant.from_continuous`) and pair it with its weights."""
+    plant = Plant.from_continuous(Ac, Bc, C, Wc=Wc, V=V, dt=dt, P0=P0)
+    return Example(plant, np.asarray(Q, float), np.asarray(R, float))
+
+
 def two_mass(dt: float = 0.1) -> Example:
     """Two carts (1 kg each) on springs (1 N/m to the wall and between them), light damping.
 
@@ -51,20 +63,9 @@ def two_mass(dt: float = 0.1) -> Example:
     Example
     """
     k0, k, c0, c = 1.0, 1.0, 0.4, 0.4
-    Ac = np.array([
-        [0.0, 0.0, 1.0, 0.0],
-        [0.0, 0.0, 0.0, 1.0],
-        [-(k0 + k), k, -(c0 + c), c],
-        [k, -k, c, -c],
-    ])
-    Bc = np.array([[0.0], [0.0], [1.0], [0.0]])
-    C = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
-    Wc = np.diag([0.0, 0.0, 0.2, 0.2])
-    V = 0.01 * np.eye(2)
-    plant = Plant.from_continuous(Ac, Bc, C, Wc=Wc, V=V, dt=dt, P0=0.1 * np.eye(4))
-    Q = np.diag([1.0, 1.0, 0.1, 0.1])
-    R = np.array([[0.1]])
-    return Example(plant, Q, R)
+    Ac = _mechanical([[-(k0 + k), k], [k, -k]], [[-(c0 + c), c], [c, -c]])
+    return _sampled(Ac, [[0.0], [0.0], [1.0], [0.0]], np.eye(2, 4), Wc=np.diag([0.0, 0.0, 0.2, 0.2]),
+                    V=0.01 * np.eye(2), dt=dt, P0=0.1 * np.eye(4), Q=np.diag([1.0, 1.0, 0.1, 0.1]), R=[[0.1]])
 
 
 def double_integrator(dt: float = 0.1) -> Example:
@@ -79,11 +80,8 @@ def double_integrator(dt: float = 0.1) -> Example:
     -------
     Example
     """
-    Ac = np.array([[0.0, 1.0], [0.0, 0.0]])
-    Bc = np.array([[0.0], [1.0]])
-    C = np.array([[1.0, 0.0]])
-    plant = Plant.from_continuous(Ac, Bc, C, Wc=np.diag([0.0, 0.1]), V=[[0.01]], dt=dt, P0=0.1 * np.eye(2))
-    return Example(plant, np.diag([1.0, 0.1]), np.array([[0.1]]))
+    return _sampled(_mechanical([[0.0]], [[0.0]]), [[0.0], [1.0]], [[1.0, 0.0]], Wc=np.diag([0.0, 0.1]),
+                    V=[[0.01]], dt=dt, P0=0.1 * np.eye(2), Q=np.diag([1.0, 0.1]), R=[[0.1]])
 
 
 def cart_pole(dt: float = 0.02) -> Example:
@@ -103,18 +101,9 @@ def cart_pole(dt: float = 0.02) -> Example:
     Example
     """
     M, mp, l, g = 1.0, 0.1, 0.5, 9.81
-    Ac = np.array([
-        [0.0, 0.0, 1.0, 0.0],
-        [0.0, 0.0, 0.0, 1.0],
-        [0.0, -mp * g / M, 0.0, 0.0],
-        [0.0, (M + mp) * g / (M * l), 0.0, 0.0],
-    ])
-    Bc = np.array([[0.0], [0.0], [1.0 / M], [-1.0 / (M * l)]])
-    C = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
-    Wc = np.diag([0.0, 0.0, 0.01, 0.04])
-    V = np.diag([1e-4, 1e-4])
-    plant = Plant.from_continuous(Ac, Bc, C, Wc=Wc, V=V, dt=dt, P0=1e-3 * np.eye(4))
-    return Example(plant, np.diag([1.0, 10.0, 0.1, 0.1]), np.array([[0.1]]))
+    Ac = _mechanical([[0.0, -mp * g / M], [0.0, (M + mp) * g / (M * l)]], np.zeros((2, 2)))
+    return _sampled(Ac, [[0.0], [0.0], [1.0 / M], [-1.0 / (M * l)]], np.eye(2, 4), Wc=np.diag([0.0, 0.0, 0.01, 0.04]),
+                    V=np.diag([1e-4, 1e-4]), dt=dt, P0=1e-3 * np.eye(4), Q=np.diag([1.0, 10.0, 0.1, 0.1]), R=[[0.1]])
 
 
 def scalar_unstable(a: float = 1.2) -> Example:

@@ -314,6 +314,16 @@ def _settings_text(sweep) -> str:
     return ", ".join(parts)
 
 
+def _beta_axes(ax: Axes, ylabel: str, title: str) -> None:
+    """Log–log axes over the temperature β (shared by the β-sweep plots)."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("temperature β (1 / squared token distance)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize="medium")
+    ax.grid(True, which="major", alpha=0.3)
+
+
 def gap_classes(gap_ci) -> np.ndarray:
     """Classify each confidence interval of a cost gap as positive, unresolved or negative.
 
@@ -403,19 +413,14 @@ def beta_sweep_gap(sweep, ax: Axes | None = None, *, title: str | None = None, r
         ax.plot(betas, np.where(neg, np.abs(gap), nan), linestyle="none", marker="x", markersize=7, color="C3",
                 label="negative: |gap| (Monte Carlo error)")
 
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    _beta_axes(ax, "cost gap J_TF − J_LQG (cost per step)",
+               title if title is not None else f"Transformer Filter vs LQG in closed loop ({_settings_text(sweep)})")
     J = float(getattr(sweep, "cost_lqg", math.nan))
     if math.isfinite(J) and J > 0:
         ax.axhline(J, color="0.4", linestyle=":", linewidth=1.0, label=f"J_LQG = {J:.4g}")
         if relative_axis:
             sec = ax.secondary_yaxis("right", functions=(lambda g: 100.0 * g / J, lambda r: r * J / 100.0))
             sec.set_ylabel("relative gap (% of J_LQG)")
-    ax.set_xlabel("temperature β (1 / squared token distance)")
-    ax.set_ylabel("cost gap J_TF − J_LQG (cost per step)")
-    ax.set_title(title if title is not None else f"Transformer Filter vs LQG in closed loop ({_settings_text(sweep)})",
-                 fontsize="medium")
-    ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize="small", loc="lower left")
     return ax
 
@@ -473,13 +478,8 @@ def certificate(sweep, ax: Axes | None = None, *, title: str | None = None, anno
     if np.any(bad):
         ax.plot(betas[bad], emax[bad], linestyle="none", marker="o", markersize=12, markerfacecolor="none",
                 markeredgecolor="red", markeredgewidth=2, label="bound violated")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("temperature β (1 / squared token distance)")
-    ax.set_ylabel("sup_t ‖x̃[t] − x̂[t]‖  (state units)")
-    ax.set_title(title if title is not None else f"Certificate vs measured error ({_settings_text(sweep)})",
-                 fontsize="medium")
-    ax.grid(True, which="major", alpha=0.3)
+    _beta_axes(ax, "sup_t ‖x̃[t] − x̂[t]‖  (state units)",
+               title if title is not None else f"Certificate vs measured error ({_settings_text(sweep)})")
     ok = np.isfinite(bound) & (emax > 0)
     if annotate and np.any(ok):
         ratio = bound[ok] / emax[ok]

@@ -22,6 +22,7 @@ import scipy.linalg
 from ._linalg import (
     STAB_TOL,
     as_matrix,
+    as_square,
     check_detectable,
     check_psd,
     check_stabilizable,
@@ -75,25 +76,21 @@ def _sda(A: np.ndarray, G: np.ndarray, H: np.ndarray) -> np.ndarray | None:
     eye = np.eye(n)
     Ak, Gk, Hk = A, G, H
     with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected and reported below
-        return _sda_loop(Ak, Gk, Hk, eye, n)
-
-
-def _sda_loop(Ak, Gk, Hk, eye, n):
-    for _ in range(_SDA_MAXITER):
-        try:
-            sol = np.linalg.solve(eye + Gk @ Hk, np.hstack([Ak, Gk]))
-        except np.linalg.LinAlgError:
-            return None
-        WA, WG = sol[:, :n], sol[:, n:]
-        Hn = Hk + Ak.T @ (Hk @ WA)
-        Gk = Gk + (Ak @ WG) @ Ak.T
-        Ak = Ak @ WA
-        delta = float(np.abs(Hn - Hk).max())
-        Hk = Hn
-        if not math.isfinite(delta):
-            return None
-        if delta <= _SDA_RTOL * max(1.0, float(np.abs(Hk).max())):
-            return symmetrize(Hk)
+        for _ in range(_SDA_MAXITER):
+            try:
+                sol = np.linalg.solve(eye + Gk @ Hk, np.hstack([Ak, Gk]))
+            except np.linalg.LinAlgError:
+                return None
+            WA, WG = sol[:, :n], sol[:, n:]
+            Hn = Hk + Ak.T @ (Hk @ WA)
+            Gk = Gk + (Ak @ WG) @ Ak.T
+            Ak = Ak @ WA
+            delta = float(np.abs(Hn - Hk).max())
+            Hk = Hn
+            if not math.isfinite(delta):
+                return None
+            if delta <= _SDA_RTOL * max(1.0, float(np.abs(Hk).max())):
+                return symmetrize(Hk)
     return None
 
 
@@ -107,6 +104,16 @@ def _solve_dare(A, B, Q, R, S) -> tuple[np.ndarray, np.ndarray]:
         ) from None
 
 
+def _gain(A, B, R, S, X) -> tuple[np.ndarray, float]:
+    """``K = (R + B'XB)^{-1}(B'XA + S')`` and the spectral radius of ``A - BK``."""
+    K = np.linalg.solve(R + B.T @ X @ B, B.T @ X @ A + S.T)
+    return K, spectral_radius(A - B @ K)
+
+
+def _stabilizing(rho: float) -> bool:
+    return bool(np.isfinite(rho)) and rho < 1.0 - STAB_TOL
+
+
 def _solve_dare_unguarded(A, B, Q, R, S) -> tuple[np.ndarray, np.ndarray]:
     """Checked inputs in, (X, K) out; SDA first, scipy fallback, stabilizing check last."""
     Rinv_St = np.linalg.solve(R, S.T)
@@ -114,12 +121,10 @@ def _solve_dare_unguarded(A, B, Q, R, S) -> tuple[np.ndarray, np.ndarray]:
     Qs = symmetrize(Q - S @ Rinv_St)
     G = symmetrize(B @ np.linalg.solve(R, B.T))
     X = _sda(As, G, Qs)
+    rho = math.inf
     if X is not None and _residual(A, B, Q, R, S, X) <= _RESIDUAL_RTOL:
-        K = np.linalg.solve(R + B.T @ X @ B, B.T @ X @ A + S.T)
-        rho = spectral_radius(A - B @ K)
-    else:
-        rho = math.inf
-    if not np.isfinite(rho) or rho >= 1.0 - STAB_TOL:
+        K, rho = _gain(A, B, R, S, X)
+    if not _stabilizing(rho):
         # SDA failed, was inaccurate, or found a non-stabilizing solution (it does when
         # (Q^1/2, A) has unobservable modes outside the unit circle, e.g. Q = 0)
         try:
@@ -127,9 +132,8 @@ def _solve_dare_unguarded(A, B, Q, R, S) -> tuple[np.ndarray, np.ndarray]:
         except (np.linalg.LinAlgError, ValueError) as exc:
             raise RiccatiError(f"the DARE has no stabilizing solution ({exc})") from None
         X = symmetrize(X)
-        K = np.linalg.solve(R + B.T @ X @ B, B.T @ X @ A + S.T)
-        rho = spectral_radius(A - B @ K)
-    if not np.isfinite(rho) or rho >= 1.0 - STAB_TOL:
+        K, rho = _gain(A, B, R, S, X)
+    if not _stabilizing(rho):
         raise RiccatiError(
             f"the DARE solution is not stabilizing (spectral radius of A - BK = {rho:.6g})"
         )
@@ -153,9 +157,8 @@ def _solve_or_diagnose(A, B, Q, R, S, diagnose) -> tuple[np.ndarray, np.ndarray]
 def _check_lq(A, B, Q, R, S, names):
     """Convert and check (A, B, Q, R, S) with names for messages."""
     nA, nB, nQ, nR, nS = names
-    A = as_matrix(nA, A)
+    A = as_square(nA, A)
     n = A.shape[0]
-    A = as_matrix(nA, A, (n, n))
     B = as_matrix(nB, B, (n, None))
     m = B.shape[1]
     Q = check_psd(nQ, as_matrix(nQ, Q, (n, n)), strict=False)
@@ -170,6 +173,16 @@ def _check_lq(A, B, Q, R, S, names):
             f"({nQ} - {nS} {nR}^-1 {nS}' has a negative eigenvalue)"
         )
     return A, B, Q, R, S, Qs
+
+
+def _solve_lq(A, B, Q, R, S, Qs) -> tuple[np.ndarray, np.ndarray]:
+    """``(X, K)`` of the control DARE from :func:`_check_lq`'s output (``dare`` and ``dlqr``)."""
+
+    def diagnose():
+        check_stabilizable(A, B, ("A", "B"))
+        _check_unit_circle_observable(A - B @ np.linalg.solve(R, S.T), Qs, ("A", "Q"))
+
+    return _solve_or_diagnose(A, B, Q, R, S, diagnose)
 
 
 def dare(A, B, Q, R, S=None) -> np.ndarray:
@@ -210,13 +223,7 @@ def dare(A, B, Q, R, S=None) -> np.ndarray:
     -----
     Unlike :func:`control.dare`, only ``X`` is returned; use :func:`dlqr` for the gain.
     """
-    A, B, Q, R, S, Qs = _check_lq(A, B, Q, R, S, ("A", "B", "Q", "R", "S"))
-
-    def diagnose():
-        check_stabilizable(A, B, ("A", "B"))
-        _check_unit_circle_observable(A - B @ np.linalg.solve(R, S.T), Qs, ("A", "Q"))
-
-    X, _ = _solve_or_diagnose(A, B, Q, R, S, diagnose)
+    X, _ = _solve_lq(*_check_lq(A, B, Q, R, S, ("A", "B", "Q", "R", "S")))
     return X
 
 
@@ -255,13 +262,13 @@ def dlqr(A, B, Q, R, N=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         As for :func:`dare`.
     """
     A, B, Q, R, N, Qs = _check_lq(A, B, Q, R, N, ("A", "B", "Q", "R", "N"))
-
-    def diagnose():
-        check_stabilizable(A, B, ("A", "B"))
-        _check_unit_circle_observable(A - B @ np.linalg.solve(R, N.T), Qs, ("A", "Q"))
-
-    X, K = _solve_or_diagnose(A, B, Q, R, N, diagnose)
+    X, K = _solve_lq(A, B, Q, R, N, Qs)
     return K, X, np.linalg.eigvals(A - B @ K)
+
+
+def _filter_gain(C: np.ndarray, P: np.ndarray, V: np.ndarray) -> np.ndarray:
+    """Kalman filter ("current") gain ``Lf = P C'(C P C' + V)^{-1}`` from the prior covariance ``P``."""
+    return np.linalg.solve(C @ P @ C.T + V, C @ P).T
 
 
 def dlqe(A, C, W, V) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -305,13 +312,13 @@ def dlqe(A, C, W, V) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     The argument order is ``(A, C, W, V)``; :func:`control.dlqe` takes ``(A, G, C, QN, RN)``
     with ``W = G QN G'``.
     """
-    A = as_matrix("A", A)
+    A = as_square("A", A)
     n = A.shape[0]
-    A = as_matrix("A", A, (n, n))
     C = as_matrix("C", C, (None, n))
     p = C.shape[0]
     W = check_psd("W", as_matrix("W", W, (n, n)), strict=False)
     V = check_psd("V", as_matrix("V", V, (p, p)), strict=True)
+
     def diagnose():
         check_detectable(A, C, ("A", "C"))
         try:

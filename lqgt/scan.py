@@ -54,21 +54,20 @@ def _slice(elems: Elem, start: int | None, stop: int | None, step: int | None = 
     return tuple(e[:, start:stop:step] for e in elems)
 
 
-def _cat(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _expand0(*ts: torch.Tensor) -> list[torch.Tensor]:
+    """Broadcast the batch dim 0 of tensors (size 1 or a common ``B``)."""
+    n0 = max(t.shape[0] for t in ts)
+    return [t if t.shape[0] == n0 else t.expand(n0, *t.shape[1:]) for t in ts]
+
+
+def _cat(*ts: torch.Tensor) -> torch.Tensor:
     """Concatenate along dim 1, broadcasting the batch dim 0."""
-    if a.shape[0] != b.shape[0]:
-        n0 = max(a.shape[0], b.shape[0])
-        a = a.expand(n0, *a.shape[1:])
-        b = b.expand(n0, *b.shape[1:])
-    return torch.cat([a, b], dim=1)
+    return torch.cat(_expand0(*ts), dim=1)
 
 
 def _interleave(even: torch.Tensor, odd: torch.Tensor) -> torch.Tensor:
     """``out[:, 0::2] = even``, ``out[:, 1::2] = odd`` (``len(even) - len(odd)`` is 0 or 1)."""
-    if even.shape[0] != odd.shape[0]:
-        n0 = max(even.shape[0], odd.shape[0])
-        even = even.expand(n0, *even.shape[1:])
-        odd = odd.expand(n0, *odd.shape[1:])
+    even, odd = _expand0(even, odd)
     ne, no = even.shape[1], odd.shape[1]
     pairs = torch.stack([even[:, :no], odd], dim=2).flatten(1, 2)
     if ne > no:
@@ -245,9 +244,5 @@ def sequential_scan(
         outs.append(acc)
     if reverse:
         outs.reverse()
-    res = []
-    for j in range(len(tup)):
-        parts = [o[j] for o in outs]
-        n0 = max(p.shape[0] for p in parts)
-        res.append(torch.cat([p.expand(n0, *p.shape[1:]) for p in parts], dim=1))
-    return res[0] if single else tuple(res)
+    res = tuple(_cat(*parts) for parts in zip(*outs))
+    return res[0] if single else res

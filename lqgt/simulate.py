@@ -24,7 +24,7 @@ from ._torch import resolve_device, resolve_dtype, tensor
 from .closed_loop import closed_loop
 from .errors import ConfigError, NonFiniteError, ShapeError
 from .estimators.base import check_estimator
-from .lqg import cost_weights
+from .lqg import _cost_weights
 from .plant import Plant
 
 __all__ = ["simulate", "SimulationResult", "DivergenceWarning"]
@@ -44,6 +44,13 @@ _SCAN_DEVICES = ("cuda",)
 #: Largest default chunk (steps). The default chunk does not depend on the horizon, so a
 #: shorter run with the same seed is a prefix of a longer one.
 _MAX_CHUNK_STEPS = 1024
+#: Two-sided 95% quantile of the standard normal.
+_Z95 = 1.959963984540054
+
+
+def _half_width95(v: torch.Tensor) -> float:
+    """Half-width of the 95% normal confidence interval of the mean of ``v`` (``inf`` for one sample)."""
+    return _Z95 * float(v.std()) / math.sqrt(v.numel()) if v.numel() > 1 else math.inf
 
 
 def _as_int(name: str, value) -> int:
@@ -157,10 +164,6 @@ class _Noise:
     def split(self, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``w`` ``(c, B, n)`` and ``v`` ``(c, B, p)`` from ``e``."""
         return e[..., : self.n] @ self.Wh.T, e[..., self.n:] @ self.Vh.T
-
-    def chunk(self, c: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``w`` ``(c, B, n)`` and ``v`` ``(c, B, p)``."""
-        return self.split(self.draw(c))
 
 
 def _chunks(noise: _Noise, horizon: int, chunk: int, prefetch: bool):
@@ -310,7 +313,7 @@ def simulate(
     if not 0 <= burn_in < horizon:
         raise ConfigError(f"burn_in must satisfy 0 <= burn_in < horizon={horizon}, got {burn_in}")
     dev, dt = resolve_device(device), resolve_dtype(dtype)
-    Qn, Rn, Nn = cost_weights(plant, Q, R, N)
+    Qz_np = _cost_weights(plant, Q, R, N)[3]
     Kmat, policy = _policy(K, plant)
     for name, est in estimators.items():
         check_estimator(name, est, plant.n)
@@ -325,9 +328,8 @@ def simulate(
     dist = _disturbance(disturbance, batch, horizon, m, dev, dt)
 
     noise_src = _Noise(plant, batch, seed, dev, dt, enabled=bool(noise))
-    Qz_np = np.block([[Qn, Nn], [Nn.T, Rn]])
     runners = {
-        name: _make_runner(plant, Kmat, policy, est, noise_src, Qz_np, dev, dt, min(chunk, horizon), store,
+        name: _make_runner(plant, linear, Kmat, policy, est, noise_src, Qz_np, dev, dt, min(chunk, horizon), store,
                            fused_ok=linear and dist is None)
         for name, est in estimators.items()
     }
@@ -370,11 +372,8 @@ def simulate(
             cost[name], ci[name] = math.inf, (math.inf, math.inf)
             continue
         mean = float(per_traj.mean())
-        if batch > 1:
-            half = 1.959963984540054 * float(per_traj.std(unbiased=True)) / math.sqrt(batch)
-            ci[name] = (mean - half, mean + half)
-        else:
-            ci[name] = (-math.inf, math.inf)
+        half = _half_width95(per_traj)
+        ci[name] = (mean - half, mean + half)
         cost[name] = mean
     settings = dict(horizon=horizon, batch=batch, seed=seed, device=str(dev), dtype=str(dt).replace("torch.", ""),
                     burn_in=burn_in, chunk=chunk, store=store, noise=bool(noise), disturbance=dist is not None)
@@ -386,13 +385,13 @@ def simulate(
     )
 
 
-def _make_runner(plant, Kmat, policy, est, noise, Qz_np, dev, dt, chunk, store, fused_ok=True):
+def _make_runner(plant, linear, Kmat, policy, est, noise, Qz_np, dev, dt, chunk, store, fused_ok=True):
     """Return a runner ``run(e, wv, lo, d, t0) -> (cost sum over steps lo.. of the chunk (B,), trajectories)``."""
     lin = getattr(est, "linear_gain", None)
     lin = lin() if callable(lin) and fused_ok else None
     if Kmat is not None and lin is not None:
         return _FusedRunner(plant, Kmat, est.form, lin, noise, Qz_np, dev, dt, chunk, store)
-    return _GenericRunner(plant, Kmat, policy, est, noise.x0, Qz_np, dev, dt, store)
+    return _GenericRunner(plant, linear, Kmat, policy, est, noise.x0, Qz_np, dev, dt, store)
 
 
 def _quadratic_factor(Qz: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -512,11 +511,8 @@ class _GenericRunner:
 
     needs_wv = True
 
-    def __init__(self, plant, Kmat, policy, est, x0, Qz_np, dev, dt, store):
-        self.linear = isinstance(plant, Plant)
-        if self.linear:
-            self.A_T, self.B_T, self.C_T = (tensor(M.T, dev, dt).contiguous() for M in (plant.A, plant.B, plant.C))
-            self.D_T = tensor(plant.D.T, dev, dt).contiguous() if plant.has_feedthrough else None
+    def __init__(self, plant, linear, Kmat, policy, est, x0, Qz_np, dev, dt, store):
+        self._output, self._next = _plant_maps(plant, linear, dev, dt)
         self.diverged_at: int | None = None
         batch = x0.shape[0]
         est_state, x_hat = est.init(batch, device=dev, dtype=dt)
@@ -547,19 +543,6 @@ class _GenericRunner:
             raise ShapeError(f"{type(self.est).__name__}.step returned an estimate of shape {got}, expected {shape}")
         return xh
 
-    def _output(self, x, u_in, v):
-        """``y = C x + D u_in + v`` (linear) or ``h(x) + v`` (nonlinear)."""
-        if not self.linear:
-            return self.plant.h(x) + v
-        y = torch.addmm(v, x, self.C_T)
-        return y if self.D_T is None else y.addmm_(u_in, self.D_T)
-
-    def _next(self, x, u_in, w):
-        """``A x + B u_in + w`` (linear) or ``f(x, u_in) + w`` (nonlinear)."""
-        if not self.linear:
-            return self.plant.f(x, u_in) + w
-        return torch.addmm(w, x, self.A_T).addmm_(u_in, self.B_T)
-
     def __call__(self, e, wv, lo, d=None, t0=0):
         w, v = wv
         c, batch, plant = w.shape[0], self.batch, self.plant
@@ -567,7 +550,7 @@ class _GenericRunner:
         xs = torch.empty(c, batch, plant.n, device=dev, dtype=dt)
         xhs, us = torch.empty_like(xs), torch.empty(c, batch, plant.m, device=dev, dtype=dt)
         ys = torch.empty(c, batch, plant.p, device=dev, dtype=dt)
-        est, control, check = self.est, self.control, self._check
+        est, control, check, output, advance = self.est, self.control, self._check, self._output, self._next
         st = self.st
         x, es, xh, u_prev = st["x"], st["est"], st["x_hat"], st["u_prev"]
         for k in range(c):
@@ -575,19 +558,19 @@ class _GenericRunner:
             if self.predictor:
                 u = control(xh)
                 u_in = u if d is None else u + d[k]
-                y = self._output(x, u_in, v[k])
+                y = output(x, u_in, v[k])
                 xhs[k] = xh
                 es, xh = est.step(es, y, u)
                 check(xh)
             else:
-                y = self._output(x, None, v[k])  # D = 0 in current form (checked in simulate)
+                y = output(x, None, v[k])  # D = 0 in current form (checked in simulate)
                 es, xh = est.step(es, y, u_prev)
                 u = control(check(xh))
                 xhs[k] = xh
                 u_prev = u
                 u_in = u if d is None else u + d[k]
             us[k], ys[k] = u, y
-            x = self._next(x, u_in, w[k])
+            x = advance(x, u_in, w[k])
         st.update(x=x, est=es, x_hat=xh, u_prev=u_prev)
         if self.diverged_at is None and not bool(torch.isfinite(x).all()):
             bad = (~torch.isfinite(xs).reshape(c, -1).all(dim=1)).nonzero()
@@ -597,3 +580,25 @@ class _GenericRunner:
             z = torch.cat([xs[lo:], us[lo:]], dim=-1)
             step_sum = ((z @ self.Qz) * z).sum(-1).sum(0)
         return step_sum, {"x": xs, "x_hat": xhs, "u": us, "y": ys}
+
+
+def _plant_maps(plant, linear: bool, dev, dt):
+    """The plant's ``output(x, u_in, v)`` and ``advance(x, u_in, w)``, chosen once per runner.
+
+    Linear: ``y = C x + D u_in + v`` (the ``D`` term only when ``D != 0``) and
+    ``x' = A x + B u_in + w``; nonlinear: ``y = h(x) + v`` and ``x' = f(x, u_in) + w``.
+    """
+    if not linear:
+        f, h = plant.f, plant.h
+        return (lambda x, u_in, v: h(x) + v), (lambda x, u_in, w: f(x, u_in) + w)
+    A_T, B_T, C_T = (tensor(M.T, dev, dt).contiguous() for M in (plant.A, plant.B, plant.C))
+    D_T = tensor(plant.D.T, dev, dt).contiguous() if plant.has_feedthrough else None
+
+    def output(x, u_in, v):
+        y = torch.addmm(v, x, C_T)
+        return y if D_T is None else y.addmm_(u_in, D_T)
+
+    def advance(x, u_in, w):
+        return torch.addmm(w, x, A_T).addmm_(u_in, B_T)
+
+    return output, advance

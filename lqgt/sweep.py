@@ -12,7 +12,7 @@ from .estimators.kalman import KalmanFilter
 from .estimators.transformer import TransformerFilter
 from .lqg import lqg
 from .plant import Plant
-from .simulate import simulate
+from .simulate import _half_width95, simulate
 
 __all__ = ["BetaSweep", "beta_sweep"]
 
@@ -135,7 +135,7 @@ def beta_sweep(
         diff = res.cost_per_trajectory[name] - ref
         cost[i] = res.cost[name]
         gap[i] = float(diff.mean())
-        half = 1.959963984540054 * float(diff.std()) / np.sqrt(batch) if batch > 1 else np.inf
+        half = _half_width95(diff)
         gap_ci[i] = (gap[i] - half, gap[i] + half)
         e = (res.x_hat[name] - res.x_hat["lqg"]).norm(dim=-1).amax(dim=1)
         err_max[i], err_mean[i] = float(e.max()), float(e.mean())

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
+from _helpers_nonlinear import CPU, F64, np_f, np_h, random_signals, run_estimator
 
 import lqgt
 from lqgt import nonlinear_plants as nlp
@@ -15,17 +18,7 @@ from lqgt.nonlinear import FilterDivergenceError, NonlinearPlant
 
 filterpy = pytest.importorskip("filterpy.kalman")
 
-F64 = torch.float64
-CPU = torch.device("cpu")
 T = 150
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _data(plant, T, *, batch=1, seed=0, u_std=0.5):
@@ -36,28 +29,7 @@ def _data(plant, T, *, batch=1, seed=0, u_std=0.5):
     return tr.y, U
 
 
-def _run(est, y, u):
-    """Run an lqgt estimator in its form's timing; return estimates (B, T, n) and the last state."""
-    B, T, _ = y.shape
-    st, _ = est.init(B, device=CPU, dtype=y.dtype)
-    out = []
-    for t in range(T):
-        if est.form == "current":
-            u_in = u[:, t - 1] if t > 0 else torch.zeros_like(u[:, 0])
-        else:
-            u_in = u[:, t]
-        st, xh = est.step(st, y[:, t], u_in)
-        out.append(xh)
-    return torch.stack(out, 1), st
-
-
 def _np(plant):
-    def f(x, u):
-        return plant.f(torch.tensor(x)[None], torch.tensor(np.atleast_1d(u))[None])[0].numpy()
-
-    def h(x):
-        return plant.h(torch.tensor(x)[None])[0].numpy()
-
     def F(x, u):  # an independent path: torch.func.jacrev of one trajectory
         ut = torch.tensor(np.atleast_1d(u))[None]
         return torch.func.jacrev(lambda z: plant.f(z[None], ut)[0])(torch.tensor(x)).numpy()
@@ -65,7 +37,7 @@ def _np(plant):
     def H(x):
         return torch.func.jacrev(lambda z: plant.h(z[None])[0])(torch.tensor(x)).numpy()
 
-    return f, h, F, H
+    return partial(np_f, plant), partial(np_h, plant), F, H
 
 
 def filterpy_ekf(plant, y, u):
@@ -111,7 +83,7 @@ def test_ekf_matches_filterpy(name):
     plant = nlp.get(name).plant
     y, u = _data(plant, T, seed=1)
     ref_x, ref_P = filterpy_ekf(plant, y[0].numpy(), u[0].numpy())
-    x, st = _run(ExtendedKalmanFilter(plant), y, u)
+    x, st = run_estimator(ExtendedKalmanFilter(plant), y, u)
     scale = max(1.0, np.abs(ref_x).max())
     assert np.abs(x[0].numpy() - ref_x).max() <= 1e-8 * scale
     assert np.abs(st[1][0].numpy() - ref_P[-1]).max() <= 1e-8 * max(1.0, np.abs(ref_P[-1]).max())
@@ -123,7 +95,7 @@ def test_ukf_matches_filterpy(name, alpha, beta, kappa):
     plant = nlp.get(name).plant
     y, u = _data(plant, T, seed=2)
     ref_x, ref_P = filterpy_ukf(plant, y[0].numpy(), u[0].numpy(), alpha, beta, kappa)
-    x, st = _run(UnscentedKalmanFilter(plant, alpha=alpha, beta=beta, kappa=kappa), y, u)
+    x, st = run_estimator(UnscentedKalmanFilter(plant, alpha=alpha, beta=beta, kappa=kappa), y, u)
     assert np.abs(x[0].numpy() - ref_x).max() <= 1e-8 * max(1.0, np.abs(ref_x).max())
     assert np.abs(st[1][0].numpy() - ref_P[-1]).max() <= 1e-8 * max(1.0, np.abs(ref_P[-1]).max())
 
@@ -146,17 +118,17 @@ def test_merwe_weights_match_filterpy():
 def test_batch_equals_single_trajectories(cls):
     plant = nlp.duffing().plant
     y, u = _data(plant, 60, batch=3, seed=4)
-    xb, _ = _run(cls(plant), y, u)
+    xb, _ = run_estimator(cls(plant), y, u)
     for b in range(3):
-        xs, _ = _run(cls(plant), y[b:b + 1], u[b:b + 1])
+        xs, _ = run_estimator(cls(plant), y[b:b + 1], u[b:b + 1])
         torch.testing.assert_close(xb[b:b + 1], xs, rtol=0, atol=1e-12)
 
 
 def test_ekf_jacobian_methods_agree():
     plant = nlp.cart_pole_nonlinear().plant
     y, u = _data(plant, 40, batch=2, seed=5)
-    xa, _ = _run(ExtendedKalmanFilter(plant), y, u)
-    xv, _ = _run(ExtendedKalmanFilter(plant, jacobian="vmap"), y, u)
+    xa, _ = run_estimator(ExtendedKalmanFilter(plant), y, u)
+    xv, _ = run_estimator(ExtendedKalmanFilter(plant, jacobian="vmap"), y, u)
     torch.testing.assert_close(xa, xv, rtol=0, atol=1e-12)
 
 
@@ -166,8 +138,8 @@ def test_predictor_form_is_the_prediction_of_the_current_form(cls):
     the sigma-point mean instead, so only closeness is asserted for it."""
     plant = nlp.van_der_pol().plant
     y, u = _data(plant, 50, batch=2, seed=6)
-    cur, _ = _run(cls(plant, "current"), y, u)
-    pred, _ = _run(cls(plant, "predictor"), y, u)
+    cur, _ = run_estimator(cls(plant, "current"), y, u)
+    pred, _ = run_estimator(cls(plant, "predictor"), y, u)
     fx = plant.f(cur.reshape(-1, 2), u.reshape(-1, 1)).reshape(cur.shape)
     tol = 1e-12 if cls is ExtendedKalmanFilter else 5e-2
     torch.testing.assert_close(pred, fx, rtol=0, atol=tol)
@@ -177,12 +149,10 @@ def test_predictor_form_is_the_prediction_of_the_current_form(cls):
 def test_linear_plant_gives_the_kalman_filter(cls):
     """On a linear plant both filters are the time-varying Kalman filter (UKF: exact for linear maps)."""
     plant = lqgt.plants.two_mass().plant
-    gen = torch.Generator().manual_seed(0)
-    y = torch.randn(4, 80, plant.p, generator=gen, dtype=F64)
-    u = torch.randn(4, 80, plant.m, generator=gen, dtype=F64)
+    y, u = random_signals(plant, 4, 80, seed=0)
     for form in ("current", "predictor"):
-        ref, _ = _run(lqgt.KalmanFilter(plant, form, steady=False), y, u)
-        got, _ = _run(cls(plant, form), y, u)
+        ref, _ = run_estimator(lqgt.KalmanFilter(plant, form, steady=False), y, u)
+        got, _ = run_estimator(cls(plant, form), y, u)
         torch.testing.assert_close(got, ref, rtol=0, atol=1e-10)
 
 
@@ -190,8 +160,8 @@ def test_float32_runs_close_to_float64():
     plant = nlp.van_der_pol().plant
     y, u = _data(plant, 60, batch=4, seed=7)
     for cls in (ExtendedKalmanFilter, UnscentedKalmanFilter):
-        x64, _ = _run(cls(plant), y, u)
-        x32, _ = _run(cls(plant), y.float(), u.float())
+        x64, _ = run_estimator(cls(plant), y, u)
+        x32, _ = run_estimator(cls(plant), y.float(), u.float())
         assert x32.dtype == torch.float32
         assert float((x32.double() - x64).abs().max()) < 1e-3
 
@@ -199,7 +169,7 @@ def test_float32_runs_close_to_float64():
 def test_singular_prior_covariance_is_handled_by_the_ukf():
     plant = nlp.van_der_pol().plant.with_initial(P0=np.zeros((2, 2)))
     y, u = _data(plant, 10, seed=8)
-    x, _ = _run(UnscentedKalmanFilter(plant), y, u)
+    x, _ = run_estimator(UnscentedKalmanFilter(plant), y, u)
     assert torch.isfinite(x).all()
 
 

@@ -47,15 +47,6 @@ ALL = [("sequential", "covariance")] + PARALLEL
 F32_TOL = {"means": 2e-5, "covariances": 2e-5, "log_likelihood": 2e-6}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny batched matrices: threads only add barriers (slow on a busy 2-core machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 # --------------------------------------------------------------------------------------
 # Problems and oracles
 # --------------------------------------------------------------------------------------
@@ -178,6 +169,16 @@ def plant_args(plant):
     return plant.A, plant.B, plant.C, plant.D, plant.W, plant.V, plant.m0, plant.P0
 
 
+def filterpy_kf(plant, *, inputs=False):
+    """filterpy's KalmanFilter of ``plant`` at its prior (with ``B`` when ``inputs``; no feedthrough)."""
+    kf = FilterpyKF(dim_x=plant.n, dim_z=plant.p, dim_u=plant.m if inputs else 0)
+    kf.F, kf.H, kf.Q, kf.R = plant.A, plant.C, plant.W, plant.V
+    if inputs:
+        kf.B = plant.B
+    kf.x, kf.P = plant.m0.copy(), plant.P0.copy()
+    return kf
+
+
 def _np(t):
     return t.detach().cpu().numpy()
 
@@ -223,9 +224,7 @@ def test_filter_and_smoother_match_filterpy(gen, rng):
     plant, K = make_problem(gen, rng, "unstable", n=4, m=2, p=2, D=False)
     y, u = simulate(plant, K, 80, 1, rng)
     y, u = y[0], u[0]
-    kf = FilterpyKF(dim_x=4, dim_z=2, dim_u=2)
-    kf.F, kf.B, kf.H, kf.Q, kf.R = plant.A, plant.B, plant.C, plant.W, plant.V
-    kf.x, kf.P = plant.m0.copy(), plant.P0.copy()
+    kf = filterpy_kf(plant, inputs=True)
     means, covs, ll = [], [], 0.0
     for t in range(80):
         if t > 0:
@@ -242,9 +241,7 @@ def test_filter_and_smoother_match_filterpy(gen, rng):
         assert_close(_np(res.log_likelihood), ll, 1e-10, "log-likelihood")
 
     # smoother: no input
-    kf = FilterpyKF(dim_x=4, dim_z=2)
-    kf.F, kf.H, kf.Q, kf.R = plant.A, plant.C, plant.W, plant.V
-    kf.x, kf.P = plant.m0.copy(), plant.P0.copy()
+    kf = filterpy_kf(plant)
     Xs, Ps = [], []
     for t in range(80):
         if t > 0:
@@ -461,9 +458,7 @@ def test_missing_steps_skip_the_update(gen, rng, method, form):
     y = y[0]
     gaps = [0, 10, 11, 12, 30, 49]
     y[gaps] = np.nan
-    kf = FilterpyKF(dim_x=3, dim_z=2)
-    kf.F, kf.H, kf.Q, kf.R = plant.A, plant.C, plant.W, plant.V
-    kf.x, kf.P = plant.m0.copy(), plant.P0.copy()
+    kf = filterpy_kf(plant)
     means, ll = [], 0.0
     for t in range(50):
         if t > 0:

@@ -30,14 +30,6 @@ from lqgt.frequency import (
 FORMS = ("current", "predictor")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _plant(prob, dt=0.1, D=None):
     return lqgt.Plant(prob["A"], prob["B"], prob["C"], W=prob["W"], V=prob["V"], D=D, dt=dt)
 

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from _helpers_nonlinear import CPU, F64, random_signals, run_estimator
 
 import lqgt
 from lqgt import nonlinear_plants as nlp
@@ -29,28 +30,6 @@ from lqgt.koopman import (
     lifted_moments,
 )
 from lqgt.nonlinear import FilterDivergenceError
-
-F64 = torch.float64
-CPU = torch.device("cpu")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def _run(est, y, u):
-    B, T, _ = y.shape
-    st, _ = est.init(B, device=CPU, dtype=y.dtype)
-    out = []
-    for t in range(T):
-        u_in = (u[:, t - 1] if t > 0 else torch.zeros_like(u[:, 0])) if est.form == "current" else u[:, t]
-        st, xh = est.step(st, y[:, t], u_in)
-        out.append(xh)
-    return torch.stack(out, 1), st
 
 
 # -- dictionaries --------------------------------------------------------------------------------
@@ -188,17 +167,15 @@ def test_identity_dictionary_reproduces_a_linear_plant(rng):
 def test_koopman_filter_is_the_kalman_filter_on_a_linear_plant(form, rng):
     plant = lqgt.plants.two_mass().plant
     model = _linear_model(plant, rng)
-    gen = torch.Generator().manual_seed(3)
-    y = torch.randn(3, 60, plant.p, generator=gen, dtype=F64)
-    u = torch.randn(3, 60, plant.m, generator=gen, dtype=F64)
+    y, u = random_signals(plant, 3, 60, seed=3)
     kf = KoopmanFilter(model, V=plant.V, W=plant.W, m0=plant.m0, P0=plant.P0, form=form)
-    got, st = _run(kf, y, u)
-    ref, rst = _run(lqgt.KalmanFilter(plant, form, steady=False), y, u)
+    got, st = run_estimator(kf, y, u)
+    ref, rst = run_estimator(lqgt.KalmanFilter(plant, form, steady=False), y, u)
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-10)
     torch.testing.assert_close(KoopmanFilter.lifted(st)[1], rst[1], rtol=0, atol=1e-10)
     steady = KoopmanFilter(model, V=plant.V, W=plant.W, form=form, steady=True)
-    got_s, _ = _run(steady, y, u)
-    ref_s, _ = _run(lqgt.KalmanFilter(plant, form), y, u)
+    got_s, _ = run_estimator(steady, y, u)
+    ref_s, _ = run_estimator(lqgt.KalmanFilter(plant, form), y, u)
     torch.testing.assert_close(got_s, ref_s, rtol=0, atol=1e-10)
 
 
@@ -229,7 +206,7 @@ def test_time_delay_model_has_exact_shift_rows():
     np.testing.assert_allclose(K[4:6], np.hstack([np.zeros((2, 2)), np.eye(2), np.zeros((2, 2))]), atol=1e-10)
     kf = KoopmanFilter(model)
     y = npl.sample(20, batch=2, seed=3).y
-    x, _ = _run(kf, y[:, :20], torch.zeros(2, 20, 2, dtype=F64))
+    x, _ = run_estimator(kf, y[:, :20], torch.zeros(2, 20, 2, dtype=F64))
     assert x.shape == (2, 20, 2) and torch.isfinite(x).all()
     with pytest.raises(ConfigError, match="no time delays"):
         KoopmanLQR(model, np.eye(2), np.eye(2))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _helpers_nonlinear import F64, np_f, np_h
 from scipy.integrate import solve_ivp
 
 import lqgt
@@ -16,26 +17,6 @@ from lqgt.errors import (
     ShapeError,
 )
 from lqgt.nonlinear import NonlinearPlant, rk4
-
-F64 = torch.float64
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def _np_f(plant, x, u):
-    with torch.no_grad():
-        return plant.f(torch.tensor(x, dtype=F64)[None], torch.tensor(u, dtype=F64)[None])[0].numpy()
-
-
-def _np_h(plant, x):
-    with torch.no_grad():
-        return plant.h(torch.tensor(x, dtype=F64)[None])[0].numpy()
 
 
 def _fd(fn, z, eps=1e-6):
@@ -53,7 +34,7 @@ def test_library_plant_has_equilibrium_at_origin(name):
     plant, Q, R = nlp.get(name)
     assert plant.is_linear is False and plant.has_feedthrough is False
     assert Q.shape == (plant.n, plant.n) and R.shape == (plant.m, plant.m)
-    assert np.abs(_np_f(plant, np.zeros(plant.n), np.zeros(plant.m))).max() < 1e-14
+    assert np.abs(np_f(plant, np.zeros(plant.n), np.zeros(plant.m))).max() < 1e-14
     lin = plant.linearize()
     assert isinstance(lin, lqgt.Plant) and (lin.n, lin.m, lin.p) == (plant.n, plant.m, plant.p)
     np.testing.assert_array_equal(lin.W, plant.W)
@@ -65,9 +46,9 @@ def test_linearize_matches_finite_differences(name, rng):
     plant = nlp.get(name).plant
     lin = plant.linearize()
     x0, u0 = np.zeros(plant.n), np.zeros(plant.m)
-    np.testing.assert_allclose(lin.A, _fd(lambda z: _np_f(plant, z, u0), x0), atol=1e-8)
-    np.testing.assert_allclose(lin.B, _fd(lambda z: _np_f(plant, x0, z), u0), atol=1e-8)
-    np.testing.assert_allclose(lin.C, _fd(lambda z: _np_h(plant, z), x0), atol=1e-8)
+    np.testing.assert_allclose(lin.A, _fd(lambda z: np_f(plant, z, u0), x0), atol=1e-8)
+    np.testing.assert_allclose(lin.B, _fd(lambda z: np_f(plant, x0, z), u0), atol=1e-8)
+    np.testing.assert_allclose(lin.C, _fd(lambda z: np_h(plant, z), x0), atol=1e-8)
     # batched Jacobians at random points: both methods against finite differences
     X = torch.tensor(rng.normal(size=(4, plant.n)))
     U = torch.tensor(rng.normal(size=(4, plant.m)))
@@ -80,9 +61,9 @@ def test_linearize_matches_finite_differences(name, rng):
     torch.testing.assert_close(Ha, Hv, rtol=0, atol=1e-12)
     for b in range(4):
         xb, ub = X[b].numpy(), U[b].numpy()
-        np.testing.assert_allclose(Fa[b].numpy(), _fd(lambda z, ub=ub: _np_f(plant, z, ub), xb), atol=1e-7)
-        np.testing.assert_allclose(Fu[b].numpy(), _fd(lambda z, xb=xb: _np_f(plant, xb, z), ub), atol=1e-7)
-        np.testing.assert_allclose(Ha[b].numpy(), _fd(lambda z: _np_h(plant, z), xb), atol=1e-7)
+        np.testing.assert_allclose(Fa[b].numpy(), _fd(lambda z, ub=ub: np_f(plant, z, ub), xb), atol=1e-7)
+        np.testing.assert_allclose(Fu[b].numpy(), _fd(lambda z, xb=xb: np_f(plant, xb, z), ub), atol=1e-7)
+        np.testing.assert_allclose(Ha[b].numpy(), _fd(lambda z: np_h(plant, z), xb), atol=1e-7)
     assert plant.check_jacobians(X[0].numpy(), U[0].numpy()) < 1e-7
 
 
@@ -113,7 +94,7 @@ def test_rk4_step_matches_solve_ivp(name, rng):
     assert errs[-1] < 1e-9
     # fourth order: halving the step divides the error by ~16
     assert 12 < errs[0] / errs[1] < 20 and 12 < errs[1] / errs[2] < 20
-    np.testing.assert_allclose(_np_f(plant, x0, u), rk4(plant.fc, torch.tensor(x0)[None], torch.tensor(u)[None],
+    np.testing.assert_allclose(np_f(plant, x0, u), rk4(plant.fc, torch.tensor(x0)[None], torch.tensor(u)[None],
                                                         plant.dt, plant.substeps)[0].numpy(), rtol=0, atol=0)
 
 

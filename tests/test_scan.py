@@ -12,30 +12,15 @@ from lqgt.scan import SCAN_METHODS, associative_scan, sequential_scan
 LENGTHS = [1, 2, 3, 5, 7, 8, 16, 31, 33, 100, 257]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny batched matrices: threads only add barriers (slow on a busy 2-core machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def np_cumprod(M: np.ndarray, reverse: bool) -> np.ndarray:
     """out[k] = M[0] @ ... @ M[k] (reverse: M[k] @ ... @ M[T-1]), by a loop, per batch."""
     out = np.empty_like(M)
+    T = M.shape[1]
     for b in range(M.shape[0]):
-        T = M.shape[1]
-        if not reverse:
-            acc = np.eye(M.shape[-1])
-            for k in range(T):
-                acc = acc @ M[b, k]
-                out[b, k] = acc
-        else:
-            acc = np.eye(M.shape[-1])
-            for k in range(T - 1, -1, -1):
-                acc = M[b, k] @ acc
-                out[b, k] = acc
+        acc = np.eye(M.shape[-1])
+        for k in (range(T - 1, -1, -1) if reverse else range(T)):
+            acc = M[b, k] @ acc if reverse else acc @ M[b, k]
+            out[b, k] = acc
     return out
 
 

@@ -33,16 +33,6 @@ from lqgt.estimators.transformer import TransformerFilterAttention, quadratic_em
 F64 = torch.float64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """The filters step tiny tensors; with 2+ intra-op threads on a busy machine each
-    elementwise op (exp, softmax) can cost milliseconds in thread hand-offs. Restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ---------------------------------------------------------------------------------------
 # independent helpers
 # ---------------------------------------------------------------------------------------

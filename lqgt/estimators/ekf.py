@@ -20,8 +20,9 @@ import torch
 from .._torch import tensor
 from ..closed_loop import check_form
 from ..errors import ConfigError, ShapeError
-from ..nonlinear import FilterDivergenceError, NonlinearPlant
+from ..nonlinear import NonlinearPlant
 from ..plant import Plant
+from ._gaussian import check_covariance, correct, joseph, step_timing, sym
 
 __all__ = ["ExtendedKalmanFilter", "as_nonlinear"]
 
@@ -55,41 +56,6 @@ def as_nonlinear(plant) -> NonlinearPlant:
         return NonlinearPlant(f, h, W=plant.W, V=plant.V, n=plant.n, m=plant.m, p=plant.p, dt=plant.dt,
                               m0=plant.m0, P0=plant.P0, name="linear")
     raise ConfigError(f"plant must be an lqgt.nonlinear.NonlinearPlant or lqgt.Plant, got {type(plant).__name__}")
-
-
-def _sym(P: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (P + P.transpose(-1, -2))
-
-
-def check_covariance(name: str, P: torch.Tensor, ok: torch.Tensor, t: int) -> None:
-    """Raise :class:`FilterDivergenceError` if ``P`` is non-finite for a trajectory with finite inputs.
-
-    Parameters
-    ----------
-    name : str
-        The filter's name, for the message.
-    P : torch.Tensor, shape (B, k, k) or (k, k)
-        Covariances (a shared ``(k, k)`` one counts for every trajectory).
-    ok : torch.Tensor, shape (B,), bool
-        Trajectories whose measurements and inputs have been finite so far (a diverging
-        plant is the simulator's business, reported as an infinite cost).
-    t : int
-        The step, for the message.
-    """
-    finite = torch.isfinite(P).flatten(-2).all(-1)
-    bad = ok & ~finite
-    if not bool(bad.any()):
-        return
-    hint = "use float64, a smaller sample time, or a larger process noise W"
-    if P.ndim == 2:
-        raise FilterDivergenceError(f"{name}: the (shared) error covariance became NaN/inf at step {t}; "
-                                    f"the filter failed numerically: {hint}")
-    idx = torch.nonzero(bad.reshape(-1)).reshape(-1)
-    raise FilterDivergenceError(
-        f"{name}: the error covariance became NaN/inf at step {t} in {idx.numel()} of {ok.numel()} "
-        f"trajectories whose measurements and inputs were finite (first: trajectory {int(idx[0])}); "
-        f"the filter failed numerically: {hint}"
-    )
 
 
 class _GaussianFilter:
@@ -160,17 +126,9 @@ class _GaussianFilter:
         """
         x, P, c, started, t, ok = state
         ok = ok & torch.isfinite(y).all(-1) & torch.isfinite(u).all(-1)
-        if self.form == "current":
-            if started:
-                x, P = self._predict(x, P, u, c)
-            x, P = self._update(x, P, y, c)
-            out = x
-        else:
-            x, P = self._update(x, P, y, c)
-            x, P = self._predict(x, P, u, c)
-            out = x
+        x, P = step_timing(self.form, started, self._predict, self._update, x, P, y, u, c)
         check_covariance(self.label, P, ok, t)
-        return (x, P, c, True, t + 1, ok), out
+        return (x, P, c, True, t + 1, ok), x
 
     def _predict(self, x, P, u, c):
         raise NotImplementedError
@@ -225,14 +183,11 @@ class ExtendedKalmanFilter(_GaussianFilter):
 
     def _predict(self, x, P, u, c):
         fx, F, _ = self.plant.jacobian_f(x, u, method=self.jacobian)
-        return fx, _sym(F @ P @ F.transpose(-1, -2) + c["W"])
+        return fx, sym(F @ P @ F.mT + c["W"])
 
     def _update(self, x, P, y, c):
         hx, H = self.plant.jacobian_h(x, method=self.jacobian)
-        PHt = P @ H.transpose(-1, -2)                       # (B, n, p)
+        PHt = P @ H.mT                                      # (B, n, p)
         S = H @ PHt + c["V"]                                # (B, p, p)
-        K = torch.linalg.solve(S, PHt.transpose(-1, -2)).transpose(-1, -2)  # P H' S^{-1} (S symmetric)
-        x = x + (K @ (y - hx).unsqueeze(-1)).squeeze(-1)
-        IKH = c["I"] - K @ H
-        P = IKH @ P @ IKH.transpose(-1, -2) + K @ c["V"] @ K.transpose(-1, -2)
-        return x, _sym(P)
+        x, K = correct(x, PHt, S, y - hx)                   # K = P H' S^{-1}
+        return x, joseph(P, c["I"] - K @ H, K, c["V"])

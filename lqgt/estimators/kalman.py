@@ -12,7 +12,8 @@ from .._torch import tensor
 from ..closed_loop import check_form
 from ..errors import ShapeError
 from ..plant import Plant
-from ..riccati import dlqe
+from ..riccati import _filter_gain, dlqe
+from ._gaussian import joseph, sym
 
 __all__ = ["LinearObserver", "KalmanFilter", "OpenLoopObserver"]
 
@@ -56,6 +57,10 @@ class LinearObserver:
         P = self.plant
         return tuple(tensor(M, device, dtype) for M in (P.A, P.B, P.C, P.D, self.gain))
 
+    def _x0(self, batch: int, device, dtype) -> torch.Tensor:
+        """The initial estimate: the plant's ``m0`` repeated ``(batch, n)``."""
+        return tensor(self.plant.m0, device, dtype).expand(batch, -1).clone()
+
     def init(self, batch: int, *, device: torch.device, dtype: torch.dtype) -> tuple[Any, torch.Tensor]:
         """Return the state and the initial estimate ``m0`` repeated ``(batch, n)``.
 
@@ -75,7 +80,7 @@ class LinearObserver:
         x_hat0 : torch.Tensor, shape (batch, n)
             The initial estimate.
         """
-        x0 = tensor(self.plant.m0, device, dtype).expand(batch, -1).clone()
+        x0 = self._x0(batch, device, dtype)
         return (x0, self._mats(device, dtype), False), x0
 
     def step(self, state, y: torch.Tensor, u: torch.Tensor) -> tuple[Any, torch.Tensor]:
@@ -148,7 +153,7 @@ class KalmanFilter(LinearObserver):
 
     def __init__(self, plant: Plant, form: str = "current", *, steady: bool = True) -> None:
         L, P, _ = dlqe(plant.A, plant.C, plant.W, plant.V)
-        Lf = np.linalg.solve(plant.C @ P @ plant.C.T + plant.V, plant.C @ P).T
+        Lf = _filter_gain(plant.C, P, plant.V)
         super().__init__(plant, Lf if form == "current" else L, form)
         self.L, self.Lf, self.P = L, Lf, P
         self.steady = bool(steady)
@@ -178,9 +183,9 @@ class KalmanFilter(LinearObserver):
         """
         if self.steady:
             return super().init(batch, device=device, dtype=dtype)
-        x0 = tensor(self.plant.m0, device, dtype).expand(batch, -1).clone()
-        mats = self._mats(device, dtype)[:4] + (tensor(self.plant.W, device, dtype), tensor(self.plant.V, device, dtype))
-        P0 = tensor(self.plant.P0, device, dtype)
+        x0 = self._x0(batch, device, dtype)
+        W, V, P0 = (tensor(M, device, dtype) for M in (self.plant.W, self.plant.V, self.plant.P0))
+        mats = self._mats(device, dtype)[:4] + (W, V, torch.eye(self.n, device=device, dtype=dtype))
         return (x0, P0, mats, False), x0
 
     def step(self, state, y: torch.Tensor, u: torch.Tensor) -> tuple[Any, torch.Tensor]:
@@ -206,7 +211,7 @@ class KalmanFilter(LinearObserver):
         if self.steady:
             return super().step(state, y, u)
         x, P, mats, started = state
-        A, B, C, D, W, V = mats
+        A, B, C, D, W, V, I = mats
         if self.form == "current" and started:
             x, P = x @ A.T + u @ B.T, A @ P @ A.T + W
         # measurement update (Joseph form) on the prior (x, P)
@@ -216,11 +221,9 @@ class KalmanFilter(LinearObserver):
         if self.form == "predictor":  # u is u[t] here; in current form D = 0 (checked)
             innov = innov - u @ D.T
         x_post = x + innov @ Lf.T
-        I_LC = torch.eye(self.n, dtype=P.dtype, device=P.device) - Lf @ C
-        P_post = I_LC @ P @ I_LC.T + Lf @ V @ Lf.T
-        P_post = 0.5 * (P_post + P_post.T)
+        P_post = joseph(P, I - Lf @ C, Lf, V)
         if self.form == "current":
             return (x_post, P_post, mats, True), x_post
         x_next = x_post @ A.T + u @ B.T
         P_next = A @ P_post @ A.T + W
-        return (x_next, 0.5 * (P_next + P_next.T), mats, True), x_next
+        return (x_next, sym(P_next), mats, True), x_next

@@ -29,7 +29,7 @@ import scipy.linalg
 import torch
 from torch import nn
 
-from .._linalg import as_matrix, check_psd, spectral_radius
+from .._linalg import as_matrix, check_psd, spectral_radius, symmetrize
 from .._torch import resolve_dtype, tensor
 from ..errors import ConfigError, NonFiniteError, NotPositiveDefiniteError, ShapeError
 from ..plant import Plant
@@ -500,16 +500,10 @@ def _distance_weight(S, plant: Plant, P: np.ndarray, d: int) -> np.ndarray:
         if lam.min() <= 1e-12 * max(1.0, lam.max()):
             raise NotPositiveDefiniteError("S='whiten' needs a positive definite Kalman covariance P (it is singular here)")
         Sy = plant.C @ P @ plant.C.T + plant.V
-        blocks = [np.linalg.inv(P), np.linalg.inv(Sy)]
+        blocks = [symmetrize(np.linalg.inv(P)), symmetrize(np.linalg.inv(Sy))]
         if d > plant.n + plant.p:
             blocks.append(np.eye(d - plant.n - plant.p))
-        Z = np.zeros((d, d))
-        i = 0
-        for blk in blocks:
-            k = blk.shape[0]
-            Z[i:i + k, i:i + k] = 0.5 * (blk + blk.T)
-            i += k
-        return Z
+        return scipy.linalg.block_diag(*blocks)
     return check_psd("S", as_matrix("S", S, (d, d)), strict=True)
 
 
@@ -546,8 +540,7 @@ class _StartupMasks:
 
     def __init__(self, H: int, device, dtype) -> None:
         self.H = H
-        self.slots = torch.arange(H, device=device)
-        ar = torch.arange(H, device=device)
+        self.slots = ar = torch.arange(H, device=device)
         full = torch.zeros(H, H, 1, device=device, dtype=dtype)
         full.masked_fill_((ar[None, :] > ar[:, None]).unsqueeze(-1), -math.inf)
         self.masks = full  # masks[t] for t < H; masks[H-1] is all zeros

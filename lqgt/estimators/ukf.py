@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
-from .ekf import _GaussianFilter, _sym
+from ._gaussian import correct, sym
+from .ekf import _GaussianFilter
 
 __all__ = ["UnscentedKalmanFilter", "merwe_weights"]
 
@@ -124,37 +125,35 @@ class UnscentedKalmanFilter(_GaussianFilter):
         L, info = torch.linalg.cholesky_ex(M)
         bad = info != 0
         if bool(bad.any()):  # PSD but singular (or slightly indefinite by rounding): eigen square root
-            lam, U = torch.linalg.eigh(_sym(M[bad]))
+            lam, U = torch.linalg.eigh(sym(M[bad]))
             L = L.clone()
             L[bad] = U * lam.clamp_min(0.0).sqrt().unsqueeze(-2)
         D = L.transpose(-1, -2)                     # rows = columns of L
         x1 = x.unsqueeze(-2)
         return torch.cat([x1, x1 + D, x1 - D], dim=-2)
 
+    @staticmethod
+    def _through(fn, sig: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
+        """``fn`` of every sigma point ``(B, k, n)``, with per-trajectory ``args`` ``(B, ·)``: ``(B, k, ·)``."""
+        B, k, n = sig.shape
+        rep = (a.unsqueeze(-2).expand(B, k, a.shape[-1]).reshape(B * k, -1) for a in args)
+        return fn(sig.reshape(B * k, n), *rep).reshape(B, k, -1)
+
     def _transform(self, sig: torch.Tensor, noise: torch.Tensor, c) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mean = torch.einsum("k,bki->bi", c["Wm"], sig)
         dev = sig - mean.unsqueeze(-2)
         cov = torch.einsum("k,bki,bkj->bij", c["Wc"], dev, dev) + noise
-        return mean, _sym(cov), dev
+        return mean, sym(cov), dev
 
     def _predict(self, x, P, u, c):
-        B, n = x.shape
-        k = 2 * n + 1
-        sig = self.sigma_points(x, P)
-        uu = u.unsqueeze(-2).expand(B, k, u.shape[-1]).reshape(B * k, -1)
-        fs = self.plant.f(sig.reshape(B * k, n), uu).reshape(B, k, n)
+        fs = self._through(self.plant.f, self.sigma_points(x, P), u)
         mean, cov, _ = self._transform(fs, c["W"], c)
         return mean, cov
 
     def _update(self, x, P, y, c):
-        B, n = x.shape
-        k = 2 * n + 1
         sig = self.sigma_points(x, P)
-        hs = self.plant.h(sig.reshape(B * k, n)).reshape(B, k, -1)
-        yhat, S, dy = self._transform(hs, c["V"], c)
+        yhat, S, dy = self._transform(self._through(self.plant.h, sig), c["V"], c)
         dx = sig - x.unsqueeze(-2)
         Pxy = torch.einsum("k,bki,bkj->bij", c["Wc"], dx, dy)
-        K = torch.linalg.solve(S, Pxy.transpose(-1, -2)).transpose(-1, -2)   # Pxy S^{-1}
-        x = x + (K @ (y - yhat).unsqueeze(-1)).squeeze(-1)
-        P = P - K @ S @ K.transpose(-1, -2)
-        return x, _sym(P)
+        x, K = correct(x, Pxy, S, y - yhat)                 # K = Pxy S^{-1}
+        return x, sym(P - K @ S @ K.mT)
