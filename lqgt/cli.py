@@ -375,7 +375,7 @@ def run_demo(out: str | Path = "lqgt-demo", *, device: str = "cpu", batch: int =
     sweep = beta_sweep(plant, Q, R, SWEEP_BETAS, window=DEMO_WINDOW, batch=sb, horizon=sh, burn_in=min(sbi, sh - 1),
                        seed=seed, device=device, progress=progress)
     t_sweep = time.perf_counter() - t_sweep
-    print(format_sweep(sweep), file=stream, flush=True)
+    print("\n" + format_sweep(sweep), file=stream, flush=True)
     fig = _figure((11.0, 4.4))
     axg, axc = fig.subplots(1, 2)
     beta_sweep_gap(sweep, ax=axg, title="cost gap  J_TF(β) − J_LQG (predictor)")
