@@ -71,13 +71,14 @@ def breakdown(A, B, Q, R, repeat: int) -> list[tuple[str, float]]:
     from lqgt import riccati as ric
     from lqgt._linalg import check_stabilizable
 
-    A_, B_, Q_, R_, S_, Qs_ = ric._check_lq(A, B, Q, R, None, ("A", "B", "Q", "R", "S"))
+    A_, B_, Q_, R_, S_, _, _ = ric._check_lq(A, B, Q, R, None, ("A", "B", "Q", "R", "S"), lq=False)
     Rinv_St = np.linalg.solve(R_, S_.T)
+    Qs_ = ric.symmetrize(Q_ - S_ @ Rinv_St)
     As = A_ - B_ @ Rinv_St
     G = ric.symmetrize(B_ @ np.linalg.solve(R_, B_.T))
     X = ric._sda(As, G, Qs_)
     stages = [
-        ("_check_lq (as_matrix, check_psd x2)", lambda: ric._check_lq(A, B, Q, R, None, ("A", "B", "Q", "R", "S"))),
+        ("_check_lq (as_matrix, symmetry checks)", lambda: ric._check_lq(A, B, Q, R, None, ("A", "B", "Q", "R", "S"), lq=False)),
         ("check_stabilizable (PBH)", lambda: check_stabilizable(A_, B_, ("A", "B"))),
         ("_check_unit_circle_observable", lambda: ric._check_unit_circle_observable(As, Qs_, ("A", "Q"))),
         ("_sda (doubling iteration)", lambda: ric._sda(As, G, Qs_)),
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             "scipy.solve_discrete_are": median_time(lambda: scipy.linalg.solve_discrete_are(A, B, Q, R), args.repeat),
             "lqgt.dlqr": median_time(lambda: lqgt.dlqr(A, B, Q, R), args.repeat),
         }
-        err = {"lqgt.dare": rel(lqgt.dare(A, B, Q, R), Xs), "lqgt.dlqr": rel(lqgt.dlqr(A, B, Q, R)[1], Xs)}
+        err = {"lqgt.dare": rel(lqgt.dare(A, B, Q, R)[0], Xs), "lqgt.dlqr": rel(lqgt.dlqr(A, B, Q, R)[1], Xs)}
         if control is not None:
             t["control.dare"] = median_time(lambda: control.dare(A, B, Q, R), args.repeat)
             t["control.dlqr"] = median_time(lambda: control.dlqr(A, B, Q, R), args.repeat)

@@ -25,16 +25,20 @@ To add an example: add an entry to :data:`EXAMPLES` and a section to ``docs/exam
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Progress lines ("running example ...", "done in ... s") go to the mkdocs log (shown at INFO).
+_log = logging.getLogger("mkdocs.hooks.gen_figures")
 
 #: name -> (command line, files it reads besides the lqgt package). ``{out}`` is the
 #: folder the example runs in (its working directory) and writes to; paths are relative
@@ -82,7 +86,10 @@ def run_example(name: str) -> Path:
     """
     base = cache_root() / f"{name}-{_digest(name)}"
     if base.is_dir():
+        _log.info("docs: example %r: cached output (%s)", name, base)
         return base / "generated" / name
+    _log.info("docs: running example %r (first build after a change; output cached in %s) ...", name, base.parent)
+    t0 = time.perf_counter()
     # run in a private folder, then rename it into place: concurrent builds never see half an output
     base.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{base.name}.", dir=base.parent))
@@ -107,6 +114,7 @@ def run_example(name: str) -> Path:
         for old in base.parent.glob(f"{name}-*"):  # outputs of earlier sources
             if old != base and old.is_dir():
                 shutil.rmtree(old, ignore_errors=True)
+        _log.info("docs: example %r done in %.1f s", name, time.perf_counter() - t0)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return base / "generated" / name
@@ -115,12 +123,43 @@ def run_example(name: str) -> Path:
 def run_all(names=None) -> dict[str, Path]:
     """Run the examples (all by default) in parallel; return ``{name: folder of its files}``."""
     names = list(EXAMPLES) if not names else list(names)
+    _log.info("docs: %d examples (%s); uncached ones run now, which takes a while on a first build",
+              len(names), ", ".join(names))
     with ThreadPoolExecutor(max_workers=min(len(names), os.cpu_count() or 1)) as pool:
         return dict(zip(names, pool.map(run_example, names)))
 
 
 # --------------------------------------------------------------------------- mkdocs hook
 _outputs: dict[str, Path] = {}
+
+
+def _types_as_written() -> None:
+    """Show numpydoc types with commas as written, not as Python tuples or sets.
+
+    griffe parses a docstring type as a Python expression, so ``array_like, shape (n, n)``,
+    ``ShapeError, ConfigError`` (Raises) or ``{"cpu", "cuda"}`` became the tuples and sets
+    ``(array_like, shape(n, n))`` on the site. A tuple or set display is kept as the text of
+    the docstring; simple names and other expressions (cross-references) are unchanged.
+    Uses griffe's internal hook point; if it moves, types render as before.
+    """
+    try:
+        from griffe._internal.docstrings import numpy as numpy_docstrings
+        from griffe._internal.expressions import ExprSet, ExprTuple
+    except ImportError:  # pragma: no cover - another griffe layout
+        return
+    original = numpy_docstrings.parse_docstring_annotation
+    if getattr(original, "_lqgt_types_as_written", False):
+        return
+
+    def parse(annotation, docstring, *args, **kwargs):
+        out = original(annotation, docstring, *args, **kwargs)
+        return annotation if isinstance(out, (ExprTuple, ExprSet)) else out
+
+    parse._lqgt_types_as_written = True
+    numpy_docstrings.parse_docstring_annotation = parse
+
+
+_types_as_written()
 
 
 def on_config(config, **kwargs):
@@ -175,5 +214,6 @@ def on_page_content(html, page, config, files, **kwargs):
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     for name, out in run_all(sys.argv[1:]).items():
         print(f"{name}: {out}")

@@ -195,7 +195,10 @@ def pendulum_control(args, out: Path):
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
     t = np.arange(args.horizon) * plant.dt
-    for name, col in ((ref, "C3"), ("Koopman LQG poly-3 (N=10)", "C2"), ("Koopman LQG poly-1 (N=3)", "C7")):
+    # one colour per method in both panels (the reference is drawn in the left panel only)
+    colour = {name: f"C{i}" for i, name in enumerate(pairs)}
+    for name in (ref, "Koopman LQG poly-3 (N=10)", "Koopman LQG poly-1 (N=3)"):
+        col = colour[name]
         th = traj[name][:, :, 0]
         mu, sd = th.mean(0).numpy(), th.std(0).numpy()
         a1.plot(t, mu, color=col, label=name)
@@ -210,7 +213,7 @@ def pendulum_control(args, out: Path):
     for i, name in enumerate(pairs):
         ms = [mean_ci(costs[(th, name)] - costs[(th, ref)]) for th in thetas]
         a2.errorbar(np.array(thetas) + 0.012 * (i - 2), [m for m, _ in ms], yerr=[h for _, h in ms], marker="o",
-                    capsize=3, label=name, lw=1.2)
+                    capsize=3, label=name, lw=1.2, color=colour[name])
     a2.axhline(0, color="k", lw=0.6)
     a2.set_xlabel("initial angle θ0 (rad)")
     a2.set_ylabel("cost − cost of linear LQG (paired, 95% CI)")

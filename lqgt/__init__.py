@@ -1,12 +1,18 @@
 """lqgt: LQG control and learned estimators in one batched torch closed loop."""
 
-from . import errors, koopman, plants
+from . import errors, koopman, nonlinear_plants, plants
 from .errors import LqgtError
 from .estimators.ekf import ExtendedKalmanFilter
 from .estimators.ukf import UnscentedKalmanFilter
+from .estimators.learned import LearnedEstimator, load_estimator
+from .estimators.transformer_estimator import TransformerEstimator
+from . import learn
 from .koopman import KoopmanFilter, KoopmanLQR, fit_edmdc
 from .nonlinear import NonlinearPlant
-from .estimators import Estimator, KalmanFilter, LinearObserver, OpenLoopObserver, TransformerFilter, TransformerFilterAttention
+from .estimators import Estimator, KalmanFilter, LinearObserver, OpenLoopObserver, TransformerFilter
+from .layers import TransformerFilterAttention
+from .layers import AdaptiveFilterAttention
+from .estimators.afa import AFAEstimator, AFAFilter
 from .filtering import FilterResult, LinearGaussianModel, SmootherResult, kalman_filter, rts_smoother
 from .frequency import (
     FrequencyResponse,
@@ -22,8 +28,9 @@ from .frequency import (
 from .lqg import LQGDesign, lqg, lqg_cost
 from .plant import Plant
 from .riccati import dare, dlqe, dlqr
+from . import sweep
 from .sweep import BetaSweep, beta_sweep
-from .simulate import DivergenceWarning, SimulationResult, simulate
+from .simulate import DivergenceWarning, GainMismatchWarning, SimulationResult, simulate
 
 __version__ = "0.1.0"
 
@@ -40,12 +47,16 @@ __all__ = [
     "OpenLoopObserver",
     "TransformerFilter",
     "TransformerFilterAttention",
+    "AdaptiveFilterAttention",
+    "AFAFilter",
+    "AFAEstimator",
     "beta_sweep",
     "BetaSweep",
     "Estimator",
     "simulate",
     "SimulationResult",
     "DivergenceWarning",
+    "GainMismatchWarning",
     "LqgtError",
     "NonlinearPlant",
     "ExtendedKalmanFilter",
@@ -70,4 +81,9 @@ __all__ = [
     "FrequencyResponse",
     "errors",
     "plants",
+    "sweep",
+    "learn",
+    "load_estimator",
+    "LearnedEstimator",
+    "TransformerEstimator",
 ]

@@ -16,6 +16,7 @@ from .errors import (
     NonFiniteError,
     NotDetectableError,
     NotPositiveDefiniteError,
+    NotRealError,
     NotStabilizableError,
     NotSymmetricError,
     ShapeError,
@@ -27,17 +28,28 @@ SYM_RTOL = 1e-8
 STAB_TOL = 1e-9
 
 
+def _detach(M: Any) -> Any:
+    """A torch tensor (``requires_grad`` or on a GPU) as a numpy array; anything else unchanged.
+
+    The design layer is numpy: gradients do not flow through it, so a tensor that
+    requires grad is detached (its values are used) rather than refused.
+    """
+    if type(M).__module__.split(".")[0] == "torch" and hasattr(M, "detach"):
+        return M.detach().cpu().numpy()
+    return M
+
+
 def _real_array(name: str, M: Any, what: str) -> np.ndarray:
     """``np.array(M, float64)``, refusing non-numeric input and complex entries by name."""
     try:
-        raw = np.asarray(M)
+        raw = np.asarray(_detach(M))
         if np.iscomplexobj(raw):
             if np.any(raw.imag != 0):
-                raise ShapeError(f"{name} must be a real {what}, got complex entries")
+                raise NotRealError(f"{name} must be a real {what}, got complex entries")
             raw = raw.real
         return np.array(raw, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        if isinstance(exc, ShapeError):
+        if isinstance(exc, NotRealError):
             raise
         raise ShapeError(f"{name} must be a numeric {what}: {exc}") from None
 
@@ -119,8 +131,35 @@ def symmetrize(M: np.ndarray) -> np.ndarray:
     return 0.5 * (M + M.T)
 
 
-def check_psd(name: str, M: np.ndarray, *, strict: bool) -> np.ndarray:
-    """Check that a square matrix is symmetric and positive (semi)definite.
+def _equilibrated_eigs(M: np.ndarray) -> np.ndarray:
+    """Eigenvalues of ``S M S`` with the diagonal (Jacobi) scaling ``S`` that makes the diagonal 1.
+
+    ``S M S`` is congruent to ``M`` (same inertia, Sylvester), and it does not change when
+    a variable is rescaled, so definiteness tests on it are scale-free: they do not
+    depend on the units of the states or inputs, nor on the overall size of ``M``.
+    Diagonal entries that are zero or negative are scaled by the norm of ``M`` instead
+    (a negative one then shows up as a negative eigenvalue relative to the norm).
+    """
+    norm = float(np.abs(M).max())
+    if norm == 0.0:
+        return np.zeros(M.shape[0])
+    d = np.diag(M)
+    s = np.where(d > 0, 1.0 / np.sqrt(np.where(d > 0, d, 1.0)), 1.0 / np.sqrt(norm))
+    return np.linalg.eigvalsh(symmetrize(M * s[:, None] * s[None, :]))
+
+
+#: Smallest eigenvalue (after equilibration) that counts as positive definite.
+PD_RTOL = 1e-12
+
+
+def check_psd(name: str, M: np.ndarray, *, strict: bool, needed_by: str = "") -> np.ndarray:
+    """Check that a square matrix is symmetric and positive (semi)definite, scale-free.
+
+    Symmetry is tested relative to the largest entry; definiteness on the equilibrated
+    matrix ``S M S`` (``S`` diagonal, unit diagonal after scaling; see
+    :func:`_equilibrated_eigs`): semidefinite means its smallest eigenvalue is at least
+    ``-SYM_RTOL``, definite that it exceeds ``PD_RTOL``. So ``[[1e-12]]`` is a valid
+    (if small) definite weight and ``[[-5e-13]]`` is not semidefinite.
 
     Parameters
     ----------
@@ -131,6 +170,9 @@ def check_psd(name: str, M: np.ndarray, *, strict: bool) -> np.ndarray:
     strict : bool
         ``True`` requires positive definite (``V``, ``R``), ``False`` positive
         semidefinite (``W``, ``Q``).
+    needed_by : str
+        What needs the condition, appended to the message (e.g. ``"dlqr needs a
+        nonnegative cost"``).
 
     Returns
     -------
@@ -141,23 +183,68 @@ def check_psd(name: str, M: np.ndarray, *, strict: bool) -> np.ndarray:
     ------
     ShapeError, NotSymmetricError, NotPositiveDefiniteError
     """
+    why = f"; {needed_by}" if needed_by else ""
     if M.shape[0] != M.shape[1]:
         raise ShapeError(f"{name} must be square, got shape {M.shape}")
-    scale = max(1.0, float(np.abs(M).max())) if M.size else 1.0
+    scale = float(np.abs(M).max()) if M.size else 0.0
     asym = float(np.abs(M - M.T).max()) if M.size else 0.0
     if asym > SYM_RTOL * scale:
         raise NotSymmetricError(f"{name} must be symmetric (max |{name} - {name}'| = {asym:.3g})")
     M = symmetrize(M)
-    lam_min = float(np.min(np.linalg.eigvalsh(M))) if M.size else 0.0
-    if strict and lam_min <= SYM_RTOL * scale * 1e-4:
+    if not M.size:
+        return M
+    lam_eq = float(_equilibrated_eigs(M).min())
+    if strict and lam_eq <= PD_RTOL:
+        lam_min = float(np.linalg.eigvalsh(M).min())
         raise NotPositiveDefiniteError(
-            f"{name} must be positive definite (smallest eigenvalue {lam_min:.3g})"
+            f"{name} must be positive definite (smallest eigenvalue {lam_min:.3g}; "
+            f"{lam_eq:.3g} relative to its diagonal){why}"
         )
-    if not strict and lam_min < -SYM_RTOL * scale:
+    if not strict and lam_eq < -SYM_RTOL:
+        lam_min = float(np.linalg.eigvalsh(M).min())
         raise NotPositiveDefiniteError(
-            f"{name} must be positive semidefinite (smallest eigenvalue {lam_min:.3g})"
+            f"{name} must be positive semidefinite (smallest eigenvalue {lam_min:.3g}; "
+            f"{lam_eq:.3g} relative to its diagonal){why}"
         )
     return M
+
+
+def check_joint_psd(Q: np.ndarray, R: np.ndarray, N: np.ndarray, names: tuple[str, str, str] = ("Q", "R", "N"),
+                    *, needed_by: str = "") -> np.ndarray:
+    """Check that the joint weight ``[[Q, N], [N', R]]`` is positive semidefinite (scale-free).
+
+    Parameters
+    ----------
+    Q : numpy.ndarray, shape (n, n)
+        State weight (already checked by :func:`check_psd`).
+    R : numpy.ndarray, shape (m, m)
+        Input weight.
+    N : numpy.ndarray, shape (n, m)
+        Cross weight.
+    names : tuple of str
+        Names of ``(Q, R, N)`` for the message.
+    needed_by : str
+        Function that needs the condition, named in the message.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n + m, n + m)
+        The joint weight.
+
+    Raises
+    ------
+    NotPositiveDefiniteError
+    """
+    nQ, nR, nN = names
+    Qz = symmetrize(np.block([[Q, N], [N.T, R]]))
+    lam_eq = float(_equilibrated_eigs(Qz).min())
+    if lam_eq < -SYM_RTOL:
+        by = f" ({needed_by})" if needed_by else ""
+        raise NotPositiveDefiniteError(
+            f"[[{nQ}, {nN}], [{nN}', {nR}]] must be positive semidefinite{by}: its smallest eigenvalue "
+            f"relative to its diagonal is {lam_eq:.3g} ({nQ} - {nN} {nR}^-1 {nN}' is indefinite)"
+        )
+    return Qz
 
 
 def psd_sqrt(M: np.ndarray) -> np.ndarray:

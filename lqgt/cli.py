@@ -13,20 +13,31 @@ The rows of the demo come from :func:`demo_estimators`, a dict
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
-import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
+from .report import (
+    DemoRow,
+    _csv_text,
+    _exact_in_ci,
+    _figure,
+    _json_num,
+    _row_costs,
+    _save_costs,
+    _save_trajectories,
+    _write_results,
+    check_out,
+    exact_cost,
+    format_sweep,
+    format_table,
+    is_diverged,
+)
 
 __all__ = ["main", "build_parser", "demo_estimators", "exact_cost", "run_demo", "DemoRow", "format_table", "format_sweep"]
 
-#: Temperatures and window of the Transformer Filter controllers in the demo table.
+#: Inverse temperatures β and window of the Transformer Filter controllers in the demo table.
 DEMO_BETAS = (10.0, 100.0)
 DEMO_WINDOW = 32
 #: β grid of the demo's β-sweep (cost gap and certificate plots).
@@ -35,73 +46,6 @@ SWEEP_BETAS = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1e3, 1e4, 1e5)
 #: Axis labels (with units) of the signals plotted for the default plant (two_mass).
 _P1_LABEL = "p1: cart 1 position (m)"
 _U_LABEL = "u: force on cart 1 (N)"
-
-
-@dataclass(frozen=True)
-class DemoRow:
-    """One estimator's line of the demo table.
-
-    Attributes
-    ----------
-    name : str
-        Estimator name.
-    form : str
-        ``"current"`` or ``"predictor"``.
-    exact : float or None
-        Exact average cost (:func:`lqgt.lqg_cost`), ``None`` if not known.
-    mc : float
-        Monte Carlo cost.
-    ci : (float, float)
-        95% confidence interval of ``mc``.
-    gap : float
-        Relative gap to the LQG optimum, ``J / J* - 1``, with ``J`` the exact cost where
-        known, else the Monte Carlo cost.
-    """
-
-    name: str
-    form: str
-    exact: float | None
-    mc: float
-    ci: tuple[float, float]
-    gap: float
-
-    @property
-    def gap_source(self) -> str:
-        """``"exact"`` or ``"mc"``: which cost the gap is computed from."""
-        return "exact" if self.exact is not None else "mc"
-
-
-def exact_cost(plant, Q, R, K, estimator) -> float | None:
-    """Exact average cost of the loop ``u = -K x̂`` with ``estimator``, if it is a linear observer.
-
-    Parameters
-    ----------
-    plant : lqgt.Plant
-        The true plant.
-    Q : array_like, shape (n, n)
-        State weight.
-    R : array_like, shape (m, m)
-        Input weight.
-    K : array_like, shape (m, n)
-        Feedback gain.
-    estimator : Estimator
-        Any estimator; its optional ``linear_gain()`` (see :mod:`lqgt.estimators.base`)
-        tells whether an exact cost exists.
-
-    Returns
-    -------
-    float or None
-        :func:`lqgt.lqg_cost` with the estimator's gain, form and model; ``None`` when the
-        estimator does not report a fixed linear gain (e.g. a learned filter).
-    """
-    from .lqg import lqg_cost
-
-    lin = getattr(estimator, "linear_gain", None)
-    lin = lin() if callable(lin) else None
-    if lin is None:
-        return None
-    gain, model = lin
-    return lqg_cost(plant, Q, R, K, gain, form=estimator.form, model=model)
 
 
 def demo_estimators(plant, Q, R, design) -> dict[str, tuple[Any, float | None]]:
@@ -135,160 +79,6 @@ def demo_estimators(plant, Q, R, design) -> dict[str, tuple[Any, float | None]]:
         ests[f"transformer filter (β={beta:g}, H={DEMO_WINDOW})"] = TransformerFilter(
             plant, beta=beta, window=DEMO_WINDOW, K=design.K)
     return {name: (est, exact_cost(plant, Q, R, design.K, est)) for name, est in ests.items()}
-
-
-def _fmt(v: float | None) -> str:
-    from .plot import fmt_number
-
-    return "—" if v is None else fmt_number(v)
-
-
-def _fmt_gap(g: float) -> str:
-    if not math.isfinite(g):
-        return "inf"
-    pct = round(100 * g, 2)
-    return "0.00%" if pct == 0 else f"{pct:+.2f}%"
-
-
-def format_table(rows: Sequence[DemoRow], optimum: float) -> str:
-    """Format the demo rows as an aligned Markdown table.
-
-    Parameters
-    ----------
-    rows : sequence of DemoRow
-        The rows.
-    optimum : float
-        The LQG optimum ``J*`` (named in the gap column).
-
-    Returns
-    -------
-    str
-        The table, one line per row after the header, ending in a newline.
-    """
-    header = ["estimator", "form", "exact cost", "MC cost", "95% CI", "gap to LQG optimum"]
-    body = [[r.name, r.form, _fmt(r.exact), _fmt(r.mc), f"[{_fmt(r.ci[0])}, {_fmt(r.ci[1])}]",
-             _fmt_gap(r.gap) + (" (MC)" if r.gap_source == "mc" else "")] for r in rows]
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
-    right = [False, False, True, True, True, True]
-
-    def line(cells):
-        return "| " + " | ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)) + " |"
-
-    sep = "|" + "|".join(("-" * (w + 1) + ":") if r else ("-" * (w + 2)) for w, r in zip(widths, right)) + "|"
-    return "\n".join([line(header), sep, *(line(b) for b in body)]) + "\n"
-
-
-def _csv_text(rows: Sequence[DemoRow], optimum: float) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["estimator", "form", "exact_cost", "mc_cost", "ci_low", "ci_high", "gap_to_optimum", "gap_source",
-                "lqg_optimum"])
-    num = lambda v: "" if v is None else repr(float(v))  # noqa: E731
-    for r in rows:
-        w.writerow([r.name, r.form, num(r.exact), num(r.mc), num(r.ci[0]), num(r.ci[1]), num(r.gap), r.gap_source,
-                    num(optimum)])
-    return buf.getvalue()
-
-
-def format_sweep(sweep) -> str:
-    """Format a :class:`lqgt.BetaSweep` as an aligned Markdown table.
-
-    Parameters
-    ----------
-    sweep : lqgt.BetaSweep
-        The sweep.
-
-    Returns
-    -------
-    str
-        Columns β, cost gap with its 95% half-width, measured sup error, certified bound.
-    """
-    header = ["β", "J_TF − J_LQG(pred)", "± 95%", "sup‖x̃ − x̂‖ measured", "bound ε(β)"]
-    body = []
-    for b, g, (lo, hi), e, eb in zip(sweep.betas, sweep.gap, sweep.gap_ci, sweep.error_max, sweep.bound):
-        body.append([f"{b:g}", f"{g:+.3e}", f"{(hi - lo) / 2:.2e}", f"{e:.3e}", f"{eb:.3e}"])
-    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
-    line = lambda cells: "| " + " | ".join(c.rjust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    sep = "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|"
-    return "\n".join([line(header), sep, *(line(r) for r in body)]) + "\n"
-
-
-def _json_num(v):
-    """JSON has no inf/nan: write them as null."""
-    if v is None:
-        return None
-    v = float(v)
-    return v if math.isfinite(v) else None
-
-
-# ----------------------------------------------------------------------------- shared by demo and compare
-def _check_out(out: str | Path) -> Path:
-    """``out`` as a path, refused when it exists and is not a directory."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {str(out)!r} exists and is not a directory")
-    return out
-
-
-def _figure(figsize: tuple[float, float]):
-    """A new figure on the Agg canvas (no pyplot, no global state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save_trajectories(res, path: Path, *, state: int, input: int, k: float, state_label: str, input_label: str,
-                       title: str) -> Path:
-    """``trajectories.png``: bands of ``x[state]`` over ``u[input]``, every estimator overlaid."""
-    from ._io import atomic_savefig
-    from .plot import trajectory_bands
-
-    fig = _figure((8.0, 5.6))
-    ax1, ax2 = fig.subplots(2, 1, sharex=True)
-    trajectory_bands(res, "x", state, k=k, ax=ax1, ylabel=state_label, xlabel="")
-    trajectory_bands(res, "u", input, k=k, ax=ax2, ylabel=input_label, legend=False)
-    fig.suptitle(title)
-    return atomic_savefig(fig, path, dpi=120)
-
-
-def _save_costs(res, exact, optimum: float, path: Path, *, title: str, suptitle: str | None = None) -> Path:
-    """``cost.png``: Monte Carlo costs with their intervals and the exact costs (:func:`lqgt.plot.cost_comparison`)."""
-    from ._io import atomic_savefig
-    from .plot import cost_comparison
-
-    fig = _figure((8.0, 0.55 * len(res.cost) + 1.9))
-    cost_comparison(res.cost, res.cost_ci, exact, ax=fig.add_subplot(), optimum=optimum,
-                    xlabel="average cost per step  x'Qx + u'Ru", title=title)
-    if suptitle is not None:
-        fig.suptitle(suptitle)
-    return atomic_savefig(fig, path, dpi=120)
-
-
-def _row_costs(r: DemoRow) -> dict:
-    """The costs of a table row for ``results.json`` (``form`` … ``gap_source``)."""
-    return {"form": r.form, "exact_cost": _json_num(r.exact), "mc_cost": _json_num(r.mc), "ci_low": _json_num(r.ci[0]),
-            "ci_high": _json_num(r.ci[1]), "gap_to_optimum": _json_num(r.gap), "gap_source": r.gap_source}
-
-
-def _exact_in_ci(r: DemoRow) -> bool | None:
-    return None if r.exact is None else bool(r.ci[0] <= r.exact <= r.ci[1])
-
-
-def _write_results(out: Path, results: dict, files: dict, t_start: float, t_sim: float, stream: TextIO,
-                   ensure_ascii: bool = True) -> dict:
-    """Add the total runtime and the file list to ``results``, write ``results.json``, report what was written."""
-    from ._io import atomic_write_text
-
-    results["runtime_s"]["total"] = round(time.perf_counter() - t_start, 3)
-    results["files"] = sorted([*files, "results.json"])
-    atomic_write_text(out / "results.json",
-                      json.dumps(results, indent=2, allow_nan=False, ensure_ascii=ensure_ascii) + "\n")
-    print(f"wrote {', '.join(results['files'])} to {out}/ "
-          f"(simulate {t_sim:.1f} s, total {results['runtime_s']['total']:.1f} s)", file=stream, flush=True)
-    return results
 
 
 def run_demo(out: str | Path = "lqgt-demo", *, device: str = "cpu", batch: int = 2000, horizon: int = 1000,
@@ -329,7 +119,7 @@ def run_demo(out: str | Path = "lqgt-demo", *, device: str = "cpu", batch: int =
     from .sweep import beta_sweep
 
     stream = sys.stdout if stream is None else stream
-    out = _check_out(out)
+    out = check_out(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
 
@@ -353,7 +143,7 @@ def run_demo(out: str | Path = "lqgt-demo", *, device: str = "cpu", batch: int =
         mc = res.cost[name]
         ref = ex if ex is not None else optimum + (mc - res.cost[lqg_name])
         rows.append(DemoRow(name=name, form=est.form, exact=ex, mc=mc, ci=tuple(res.cost_ci[name]),
-                            gap=ref / optimum - 1.0))
+                            gap=ref / optimum - 1.0, diverged=is_diverged(mc, ex, optimum)))
     table = format_table(rows, optimum)
     note = (f"LQG optimum J* = {optimum:.6g} (exact, Kalman current form). Costs are average per step of "
             f"x'Qx + u'Ru; MC over {batch} trajectories, steps {burn_in}..{horizon - 1}, seed {seed}; "
@@ -378,7 +168,7 @@ def run_demo(out: str | Path = "lqgt-demo", *, device: str = "cpu", batch: int =
     print("\n" + format_sweep(sweep), file=stream, flush=True)
     fig = _figure((11.0, 4.4))
     axg, axc = fig.subplots(1, 2)
-    beta_sweep_gap(sweep, ax=axg, title="cost gap  J_TF(β) − J_LQG (predictor)")
+    beta_sweep_gap(sweep, ax=axg, title="cost gap J_TF(β) − J_LQG(predictor form), Monte Carlo")
     certificate(sweep, ax=axc, title="estimation error vs certificate ε(β)")
     fig.suptitle(f"two_mass: Transformer Filter controller vs LQG on common noise (H = {DEMO_WINDOW})")
     files["beta_sweep.png"] = atomic_savefig(fig, out / "beta_sweep.png", dpi=120)
@@ -448,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Design the LQG controller of the default plant (two_mass), simulate the closed loop "
                     "with the Kalman filter (current and predictor form), an open-loop observer and the Transformer "
                     "Filter controller on common random numbers, print exact and Monte Carlo costs, sweep the "
-                    "Transformer Filter's temperature β, and write table.md, table.csv, results.json, "
+                    "Transformer Filter's inverse temperature β, and write table.md, table.csv, results.json, "
                     "trajectories.png, cost.png, beta_sweep.png and attention.png into --out.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     demo.add_argument("--out", default="lqgt-demo", metavar="DIR", help="output directory")
@@ -488,12 +278,13 @@ def _main_compare(args) -> int:
     from .errors import ConfigError, LqgtError
 
     try:
+        check_out(args.out)
         cfg = load_config(args.config)
         if "device" in args:
             sim = dataclasses.replace(cfg.simulation, device=check_device(args.device, "--device"))
             cfg = dataclasses.replace(cfg, simulation=sim)
         run_compare(cfg, args.out, progress=not args.no_progress)
-    except ConfigError as exc:
+    except (ConfigError, NotADirectoryError) as exc:
         print(f"lqgt compare: error: {exc}", file=sys.stderr)
         return 2
     except (LqgtError, OSError) as exc:
@@ -514,8 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     -------
     int
         Exit status: 0 on success, 1 when the run fails, 2 for an invalid ``lqgt compare``
-        configuration. Bad arguments exit with status 2 (``SystemExit``) and a message
-        naming the argument.
+        configuration or an ``--out`` that names an existing file. Bad arguments exit with
+        status 2 (``SystemExit``) and a message naming the argument.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -523,6 +314,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         demo_parser = args.subparser
         if args.burn_in >= args.horizon:
             demo_parser.error(f"--burn-in ({args.burn_in}) must be smaller than --horizon ({args.horizon})")
+        try:
+            check_out(args.out)
+        except NotADirectoryError as exc:
+            demo_parser.error(str(exc))
         if args.device == "cuda":
             import torch
 

@@ -1,25 +1,27 @@
 """``lqgt compare``: compare estimators on a plant described in a TOML file.
 
 A configuration names a plant (a library example or its matrices), the cost weights,
-any number of estimators with their options and the simulation settings::
+any number of estimators with their options and the simulation settings:
 
-    title = "two carts: Kalman vs Transformer Filter"
+```text
+title = "two carts: Kalman vs Transformer Filter"
 
-    [plant]
-    name = "two_mass"            # lqgt.plants.NAMES; or the matrices A, B, C, W, V (D, m0, P0, dt)
+[plant]
+name = "two_mass"            # lqgt.plants.NAMES; or the matrices A, B, C, W, V (D, m0, P0, dt)
 
-    [estimators.kalman]
-    type = "kalman"              # kalman | open_loop | observer | transformer
-    form = "current"
+[estimators.kalman]
+type = "kalman"              # kalman | open_loop | observer | transformer
+form = "current"
 
-    [estimators.tf]
-    type = "transformer"
-    beta = 100.0
-    window = 32
+[estimators.tf]
+type = "transformer"
+beta = 100.0
+window = 32
 
-    [simulation]
-    batch = 500
-    horizon = 600
+[simulation]
+batch = 500
+horizon = 600
+```
 
 :func:`load_config` (or :func:`parse_config` for a dict) checks every key and value and
 raises :class:`~lqgt.errors.ConfigError` with a message that names the key (``plant.B``,
@@ -65,11 +67,13 @@ ESTIMATOR_TYPES: dict[str, tuple[str, ...]] = {
     "open_loop": (),
     "observer": ("gain", "form"),
     "transformer": ("beta", "window", "S", "impl", "closed_loop"),
+    "learned": ("checkpoint",),
 }
 _FORMS = ("current", "predictor")
 _IMPLS = ("kernel", "attention")
 _DTYPES = ("float64", "float32")
-_TOP_KEYS = ("title", "plant", "cost", "estimators", "simulation", "plot")
+_TOP_KEYS = ("title", "plant", "cost", "estimators", "simulation", "plot", "run")
+_RUN_KEYS = ("backend", "chunk", "address", "gpus_per_task", "results")
 _PLANT_MATRICES = ("A", "B", "C", "W", "V", "D", "m0", "P0", "dt")
 _SIM_KEYS = ("batch", "horizon", "burn_in", "seed", "device", "dtype")
 _PLOT_KEYS = ("state", "input", "state_label", "input_label", "k")
@@ -103,6 +107,39 @@ class SimulationSettings:
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float64"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The ``[run]`` table: where the Monte Carlo work runs (:mod:`lqgt.sweep`).
+
+    Attributes
+    ----------
+    backend : str
+        ``"local"`` (default) or ``"ray"``.
+    chunk : int or None
+        Trajectories per task. With ``backend = "ray"`` or a ``chunk``, the batch is split
+        into chunks on the sweep layer (each on a seed derived from ``simulation.seed``);
+        otherwise one simulation runs in this process.
+    address : str or None
+        Ray cluster address (``"auto"`` joins a running cluster; none starts a local Ray).
+    gpus_per_task : float
+        GPUs each Ray task reserves.
+    results : str or None
+        Resumable results file of the chunks (``.parquet`` or ``.csv``), relative to the
+        output directory.
+    """
+
+    backend: str = "local"
+    chunk: int | None = None
+    address: str | None = None
+    gpus_per_task: float = 0.0
+    results: str | None = None
+
+    @property
+    def chunked(self) -> bool:
+        """Whether the Monte Carlo costs run through the sweep layer."""
+        return self.backend != "local" or self.chunk is not None or self.results is not None
 
 
 @dataclass(frozen=True)
@@ -178,6 +215,8 @@ class EstimatorSpec:
                 return OpenLoopObserver(plant)
             if self.type == "observer":
                 return LinearObserver(plant, o["gain"], o.get("form", "predictor"))
+            if self.type == "learned":
+                return _learned_estimator(o["checkpoint"], plant, _key("estimators", self.name, "checkpoint"))
             return TransformerFilter(plant, beta=o.get("beta", 50.0), window=o.get("window", 32),
                                      K=K if o.get("closed_loop", True) else None, S=o.get("S"),
                                      impl=o.get("impl", "kernel"))
@@ -205,6 +244,8 @@ class CompareConfig:
         Batch, horizon, burn-in, seed, device, dtype.
     plot : PlotSettings
         What the trajectory plot shows.
+    run : RunSettings
+        Backend of the Monte Carlo work (``[run]``).
     title : str
         Title of the table and plots.
     source : str
@@ -223,6 +264,7 @@ class CompareConfig:
     title: str
     source: str = "<dict>"
     raw: dict = field(default_factory=dict)
+    run: RunSettings = field(default_factory=RunSettings)
 
 
 # --------------------------------------------------------------------------- value checks
@@ -419,6 +461,19 @@ def _cost_section(t: dict, plant, Q0, R0) -> tuple[np.ndarray, np.ndarray]:
     return Q, R
 
 
+def _learned_estimator(path: str, plant, where: str):
+    """Load a trained estimator from ``path`` and check that it fits ``plant``."""
+    from .estimators.learned import load_estimator
+
+    if not Path(path).is_file():
+        raise ConfigError(f"{where}: no such checkpoint file {path!r}")
+    est = load_estimator(path)
+    if (est.n, est.m, est.p) != (plant.n, plant.m, plant.p):
+        raise ConfigError(f"{where}: the checkpoint's estimator has (n, m, p) = {(est.n, est.m, est.p)} but the plant "
+                          f"has {(plant.n, plant.m, plant.p)}")
+    return est
+
+
 def _estimator_entry(name: str, t: Any, plant) -> EstimatorSpec:
     where = _key("estimators", name)
     if not isinstance(t, dict):
@@ -453,6 +508,12 @@ def _estimator_entry(name: str, t: Any, plant) -> EstimatorSpec:
         o["impl"] = _choice(t["impl"], k("impl"), _IMPLS)
     if "closed_loop" in t:
         o["closed_loop"] = _bool(t["closed_loop"], k("closed_loop"))
+    if typ == "learned":
+        ck = t.get("checkpoint")
+        if not isinstance(ck, str) or not ck:
+            raise ConfigError(f"{k('checkpoint')} is required for a learned estimator: the path of a file written by "
+                              f"est.save(...) or lqgt.learn.fit(..., checkpoint=...); {_got(ck)}")
+        o["checkpoint"] = ck
     if "S" in t:
         if isinstance(t["S"], str):
             if t["S"] != "whiten":
@@ -489,6 +550,24 @@ def _simulation_section(t: dict) -> SimulationSettings:
     if "dtype" in t:
         kw["dtype"] = _choice(t["dtype"], "simulation.dtype", _DTYPES)
     return SimulationSettings(**kw)
+
+
+def _run_section(t: dict) -> RunSettings:
+    _check_keys(t, _RUN_KEYS, "run")
+    kw: dict[str, Any] = {}
+    if "backend" in t:
+        kw["backend"] = _choice(t["backend"], "run.backend", ("local", "ray"))
+    if "chunk" in t:
+        kw["chunk"] = _int(t["chunk"], "run.chunk", 1)
+    if "address" in t:
+        kw["address"] = _str(t["address"], "run.address")
+    if "gpus_per_task" in t:
+        kw["gpus_per_task"] = _real(t["gpus_per_task"], "run.gpus_per_task", lo=0.0)
+    if "results" in t:
+        kw["results"] = _str(t["results"], "run.results")
+        if Path(kw["results"]).suffix.lower() not in (".parquet", ".csv"):
+            raise ConfigError(f"run.results must end in .parquet or .csv, got {kw['results']!r}")
+    return RunSettings(**kw)
 
 
 def check_device(v: Any, key: str = "device") -> str:
@@ -582,10 +661,11 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<dict>") -> CompareC
     specs = {str(k): _estimator_entry(str(k), v, plant) for k, v in ests.items()}
     sim = _simulation_section(_table(data.get("simulation", {}), "simulation"))
     plot = _plot_section(_table(data.get("plot", {}), "plot"), plant)
+    run = _run_section(_table(data.get("run", {}), "run"))
     title = _str(data["title"], "title") if "title" in data else (
         f"{name or 'plant'}: estimators under LQG feedback u = −K x̂")
     return CompareConfig(plant=plant, plant_name=name, Q=Q, R=R, estimators=specs, simulation=sim, plot=plot,
-                         title=title, source=source, raw=data)
+                         title=title, source=source, raw=data, run=run)
 
 
 def load_config(path: str | Path) -> CompareConfig:
@@ -700,13 +780,13 @@ def run_compare(cfg: CompareConfig, out: str | Path = "lqgt-compare", *, progres
 
     from . import __version__
     from ._io import atomic_write_text
-    from .cli import (DemoRow, _check_out, _csv_text, _exact_in_ci, _json_num, _row_costs, _save_costs,
-                      _save_trajectories, _write_results, exact_cost, format_table)
+    from .report import (DemoRow, _csv_text, _exact_in_ci, _json_num, _row_costs, _save_costs, _save_trajectories,
+                         _write_results, DIVERGED_RATIO, check_out, exact_cost, format_table, is_diverged)
     from .estimators import KalmanFilter
     from .simulate import _half_width95, simulate
 
     stream = sys.stdout if stream is None else stream
-    out = _check_out(out)
+    out = check_out(out)
     t_start = time.perf_counter()
     plant, Q, R, sim = cfg.plant, cfg.Q, cfg.R, cfg.simulation
     design, ests = build(cfg)
@@ -728,8 +808,12 @@ def run_compare(cfg: CompareConfig, out: str | Path = "lqgt-compare", *, progres
           f"(cost over steps {sim.burn_in}..{sim.horizon - 1}), device {sim.device}, {sim.dtype}, "
           f"torch {torch.__version__}", file=stream, flush=True)
     t_sim = time.perf_counter()
-    res = simulate(plant, design.K, ests, Q=Q, R=R, horizon=sim.horizon, batch=sim.batch, burn_in=sim.burn_in,
-                   seed=sim.seed, device=sim.device, dtype=sim.dtype, progress=progress)
+    if cfg.run.chunked:
+        res, diffs = _chunked_costs(cfg, list(ests), ref, out, progress)
+    else:
+        res = simulate(plant, design.K, ests, Q=Q, R=R, horizon=sim.horizon, batch=sim.batch, burn_in=sim.burn_in,
+                       seed=sim.seed, device=sim.device, dtype=sim.dtype, progress=progress)
+        diffs = None
     t_sim = time.perf_counter() - t_sim
 
     rows, gap_ci = [], {}
@@ -737,15 +821,24 @@ def run_compare(cfg: CompareConfig, out: str | Path = "lqgt-compare", *, progres
         mc, ex = res.cost[name], exact[name]
         if ex is None:
             # paired differences on common noise: J ≈ J* + mean(c_name − c_ref), with its 95% interval
-            d = (res.cost_per_trajectory[name] - res.cost_per_trajectory[ref]).double()
-            half = _half_width95(d)
-            j = optimum + float(d.mean())
+            if diffs is None:
+                d = (res.cost_per_trajectory[name] - res.cost_per_trajectory[ref]).double()
+                half, dmean = _half_width95(d), float(d.mean())
+            else:
+                dm = diffs[name]
+                half, dmean = dm.ci95[1] - dm.mean, dm.mean
+            j = optimum + dmean
             gap_ci[name] = ((j - half) / optimum - 1.0, (j + half) / optimum - 1.0)
         else:
             j = ex
         rows.append(DemoRow(name=name, form=est.form, exact=ex, mc=mc, ci=tuple(res.cost_ci[name]),
-                            gap=j / optimum - 1.0))
+                            gap=j / optimum - 1.0, diverged=is_diverged(mc, ex, optimum)))
     table = format_table(rows, optimum)
+    diverged = [r.name for r in rows if r.diverged]
+    if diverged:
+        print(f"warning: diverged closed loop(s): {', '.join(map(repr, diverged))} (exact cost inf, or Monte Carlo "
+              f"cost non-finite or above {DIVERGED_RATIO:g} x J*): the loop is unstable with this estimator",
+              file=stream, flush=True)
     note = (f"LQG optimum J* = {optimum:.6g} (exact, Kalman {opt_form} form). Costs are average per step of "
             f"x'Qx + u'Ru; MC over {sim.batch} trajectories, steps {sim.burn_in}..{sim.horizon - 1}, seed {sim.seed}; "
             "the gap uses the exact cost where known, else (marked MC) J* + MC − MC of the LQG row "
@@ -800,3 +893,67 @@ def _jsonable(v: Any) -> Any:
     if v is None or isinstance(v, (bool, int, float, str)):
         return v
     return str(v)
+
+
+@dataclass(frozen=True, eq=False)
+class _CompareChunk:
+    """Sweep task of a chunked comparison: rebuilds the estimators from the raw configuration
+    (so it runs in any worker) and returns per-trajectory costs and differences to the reference."""
+
+    raw: dict
+    source: str
+    names: tuple
+    ref: str
+
+    def __call__(self, point, *, trajectories, seed, device):
+        from .estimators import KalmanFilter
+        from .simulate import simulate
+
+        cfg = parse_config(self.raw, source=self.source)
+        design, ests = build(cfg)
+        if self.ref not in ests:     # the LQG reference row run_compare added
+            form = "predictor" if cfg.plant.has_feedthrough else "current"
+            ests[self.ref] = KalmanFilter(cfg.plant, form)
+        sim = cfg.simulation
+        res = simulate(cfg.plant, design.K, {nm: ests[nm] for nm in self.names}, Q=cfg.Q, R=cfg.R,
+                       horizon=sim.horizon, batch=trajectories, burn_in=sim.burn_in, seed=seed, device=device,
+                       dtype=sim.dtype, store=False, progress=False)
+        c = res.cost_per_trajectory
+        out = {}
+        for i, nm in enumerate(self.names):
+            out[f"cost_{i}"] = c[nm]
+            out[f"diff_{i}"] = c[nm].double() - c[self.ref].double()
+        return out
+
+
+def _chunked_costs(cfg: CompareConfig, names: list, ref: str, out: Path, progress: bool):
+    """Monte Carlo costs through :func:`lqgt.sweep.run` (``[run]`` backend), plus a small stored
+    local run (at most 256 trajectories, seed ``simulation.seed``) for the trajectory plot."""
+    import numpy as np
+
+    from .simulate import SimulationResult, simulate
+    from .sweep import Grid, run
+
+    sim, rs = cfg.simulation, cfg.run
+    task = _CompareChunk(dict(cfg.raw), str(cfg.source), tuple(names), ref)
+    results = None if rs.results is None else out / rs.results
+    tab = run(task, Grid(config=[str(cfg.source)]), trajectories=sim.batch, chunk=rs.chunk, seed=sim.seed,
+              backend=rs.backend, address=rs.address, gpus_per_task=rs.gpus_per_task, device=sim.device,
+              results=results, progress=progress)
+    m = {k: v[0] for k, v in tab.metrics.items()}
+    cost = {nm: m[f"cost_{i}"].mean for i, nm in enumerate(names)}
+    ci = {nm: m[f"cost_{i}"].ci95 for i, nm in enumerate(names)}
+    diffs = {nm: m[f"diff_{i}"] for i, nm in enumerate(names)}
+    design, ests = build(cfg)
+    if ref not in ests:
+        from .estimators import KalmanFilter
+
+        ests[ref] = KalmanFilter(cfg.plant, "predictor" if cfg.plant.has_feedthrough else "current")
+    small = simulate(cfg.plant, design.K, {nm: ests[nm] for nm in names}, Q=cfg.Q, R=cfg.R, horizon=sim.horizon,
+                     batch=min(sim.batch, 256), burn_in=sim.burn_in, seed=sim.seed, device=sim.device,
+                     dtype=sim.dtype, progress=False)
+    settings = dict(small.settings, batch=sim.batch, backend=rs.backend, chunk=tab.settings["chunk"],
+                    trajectories_plotted=min(sim.batch, 256))
+    res = SimulationResult(cost=cost, cost_ci=ci, cost_per_trajectory={}, x=small.x, x_hat=small.x_hat, u=small.u,
+                           y=small.y, t=np.asarray(small.t), settings=settings)
+    return res, diffs

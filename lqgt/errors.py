@@ -11,13 +11,18 @@ __all__ = [
     "LqgtError",
     "ShapeError",
     "NonFiniteError",
+    "NotRealError",
     "NotSymmetricError",
     "NotPositiveDefiniteError",
     "NotStabilizableError",
     "NotDetectableError",
     "RiccatiError",
     "ConfigError",
+    "ResourceError",
+    "IllConditionedError",
     "FilterDivergenceError",
+    "CheckpointError",
+    "NotDiagonalizableError",
 ]
 
 
@@ -31,6 +36,10 @@ class ShapeError(LqgtError):
 
 class NonFiniteError(LqgtError):
     """A matrix or signal contains NaN or infinity."""
+
+
+class NotRealError(LqgtError):
+    """A matrix or signal that must be real has complex entries."""
 
 
 class NotSymmetricError(LqgtError):
@@ -57,9 +66,27 @@ class ConfigError(LqgtError):
     """An option or configuration value is not one of the allowed values."""
 
 
+class ResourceError(LqgtError):
+    """A run would need more memory than is available; the message gives the estimate."""
+
+
+class IllConditionedError(LqgtError):
+    """A linear-algebra problem (e.g. the Lyapunov equation of an exact cost) is too
+    ill-conditioned to solve to lqgt's accuracy; the message gives the residual."""
+
+
 class FilterDivergenceError(LqgtError):
     """A filter's covariance became NaN or infinite although its inputs were finite.
 
     This is a numerical failure of the estimator (not a diverging plant, which the
     simulator reports as an infinite cost); the message names the step.
     """
+
+
+class CheckpointError(LqgtError):
+    """A checkpoint file cannot be loaded: not a checkpoint, unknown class, or another architecture."""
+
+
+class NotDiagonalizableError(LqgtError):
+    """A matrix that must be diagonalisable (e.g. ``A`` of the tensor-form AFA filter) is not,
+    or its eigenvectors are too ill-conditioned to use (the message gives the condition number)."""

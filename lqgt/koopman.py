@@ -1,10 +1,12 @@
 """Koopman lifting: dictionaries, EDMD with control, the lifted Kalman filter and lifted LQR (SPEC §4).
 
 A dictionary ``ψ: R^n -> R^N`` that contains the state itself (``x = P ψ(x)``) lifts the
-plant into coordinates where it is modelled as linear::
+plant into coordinates where it is modelled as linear:
 
-    ψ(x[t+1]) ≈ K ψ(x[t]) + B u[t] + wψ,   wψ ~ N(0, W)        (EDMDc, least squares)
-    y[t]      ≈ C ψ(x[t]) + v,              v ~ N(0, V + V_fit)
+```text
+ψ(x[t+1]) ≈ K ψ(x[t]) + B u[t] + wψ,   wψ ~ N(0, W)        (EDMDc, least squares)
+y[t]      ≈ C ψ(x[t]) + v,              v ~ N(0, V + V_fit)
+```
 
 :func:`fit_edmdc` fits ``(K, B, C)`` on snapshot pairs and takes ``W`` (and ``V_fit``) from
 the residual covariances; :class:`Koopman` is the fitted model;
@@ -60,6 +62,7 @@ __all__ = [
     "as_dictionary",
     "fit_edmdc",
     "lifted_moments",
+    "MAX_FEATURES",
 ]
 
 
@@ -126,6 +129,36 @@ class Dictionary:
         return torch.cat(cols + [x, *features], dim=-1)
 
 
+#: Most features a :class:`Polynomial` dictionary may have (``C(n + degree, degree)``).
+MAX_FEATURES = 10_000
+#: Most stored monomial index entries (``Σ_d d · C(n + d - 1, d)``) of a :class:`Polynomial`.
+_MAX_INDEX_ENTRIES = 20_000_000
+
+
+def _whole(name: str, v: Any) -> int:
+    """``v`` as an int when it is integral (no bools, no silent truncation of 1.5, no None)."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer, float, np.floating)):
+        raise DictionaryError(f"{name} must be an integer, got {v!r} ({type(v).__name__})")
+    if isinstance(v, (float, np.floating)) and not (math.isfinite(v) and float(v).is_integer()):
+        raise DictionaryError(f"{name} must be an integer, got {v!r}")
+    return int(v)
+
+
+def _check_polynomial_size(n: int, degree: int) -> None:
+    """Refuse a polynomial dictionary too large to build, before building it (counts only)."""
+    log10_N = (math.lgamma(n + degree + 1) - math.lgamma(n + 1) - math.lgamma(degree + 1)) / math.log(10)
+    N = math.comb(n + degree, degree) if log10_N < 15 else None  # exact count only where it is cheap
+    if N is None or N > MAX_FEATURES:
+        shown = f"{N:,}" if N is not None else f"about 10^{math.floor(log10_N)}"
+        raise DictionaryError(f"Polynomial(n={n}, degree={degree}) would have C(n + degree, degree) = {shown} features, "
+                              f"more than MAX_FEATURES = {MAX_FEATURES:,}; use a lower degree, fewer states, or an "
+                              "RBF/FunctionDictionary")
+    entries = sum(d * math.comb(n + d - 1, d) for d in range(2, degree + 1))
+    if entries > _MAX_INDEX_ENTRIES:
+        raise DictionaryError(f"Polynomial(n={n}, degree={degree}) would store {entries:,} monomial index entries "
+                              f"(more than {_MAX_INDEX_ENTRIES:,}); use a lower degree")
+
+
 def _monomial_name(idx: Sequence[int]) -> str:
     if not idx:
         return "1"
@@ -150,12 +183,21 @@ class Polynomial(Dictionary):
         Highest total degree (>= 1).
     constant : bool
         Include the constant 1 (first column).
+
+    Raises
+    ------
+    DictionaryError
+        ``n`` or ``degree`` not an integer >= 1, or more than :data:`MAX_FEATURES`
+        features (``C(n + degree, degree)``, counted before anything is built; the
+        message gives the count).
     """
 
     def __init__(self, n: int, degree: int, *, constant: bool = True) -> None:
-        if int(n) < 1 or int(degree) < 1:
+        n, degree = _whole("n", n), _whole("degree", degree)
+        if n < 1 or degree < 1:
             raise DictionaryError(f"Polynomial needs n >= 1 and degree >= 1, got n={n}, degree={degree}")
-        self.n, self.degree, self.constant = int(n), int(degree), bool(constant)
+        _check_polynomial_size(n, degree)
+        self.n, self.degree, self.constant = n, degree, bool(constant)
         self._groups = [
             np.array(list(itertools.combinations_with_replacement(range(self.n), d)), dtype=np.int64)
             for d in range(2, self.degree + 1)
@@ -467,6 +509,11 @@ def fit_edmdc(X, U, X_next, dictionary, *, Y=None, ridge: float = 0.0, rcond: fl
         Mismatched or non-finite data.
     DictionaryError
         The dictionary does not contain ``x`` or returns the wrong shape.
+    ConfigError
+        ``ridge`` is not a real number.
+    NonFiniteError
+        The fit or a residual covariance overflows float64 (data of huge magnitude,
+        e.g. near 1e200: rescale them).
     RankDeficientError
         ``[ψ(X), U]`` has numerical rank ``< N + m`` and ``ridge == 0`` (the message gives
         the rank and a ridge to try).
@@ -484,6 +531,8 @@ def fit_edmdc(X, U, X_next, dictionary, *, Y=None, ridge: float = 0.0, rcond: fl
     T = Xa.shape[0]
     if Ua.shape[0] != T or Xn.shape[0] != T:
         raise ShapeError(f"X, U and X_next must have the same number of rows (snapshots): got {T}, {Ua.shape[0]}, {Xn.shape[0]}")
+    if isinstance(ridge, bool) or not isinstance(ridge, (int, float, np.integer, np.floating)):
+        raise ConfigError(f"ridge must be a finite number >= 0, got {ridge!r} ({type(ridge).__name__})")
     ridge = float(ridge)
     if not (math.isfinite(ridge) and ridge >= 0):
         raise ShapeError(f"ridge must be a finite number >= 0, got {ridge}")
@@ -494,19 +543,25 @@ def fit_edmdc(X, U, X_next, dictionary, *, Y=None, ridge: float = 0.0, rcond: fl
     tol = (max(T, N + m) * np.finfo(float).eps if rcond is None else float(rcond)) * (s[0] if s.size else 0.0)
     rank = int(np.sum(s > tol))
     if rank < N + m and ridge == 0.0:
-        hint = 1e-8 * float(s[0]) ** 2 if s.size else 1e-8
+        s0 = float(s[0]) if s.size else 1.0
+        hint = 1e-8 * s0 * s0 if s0 < 1e150 else math.inf  # s0² would overflow: the data need rescaling
         reasons = "fewer snapshots than features" if T < N + m else (
             "linearly dependent dictionary functions on the data, or inputs that do not vary")
         raise RankDeficientError(
             f"the EDMDc regressor [psi(X), U] ({T} snapshots x {N}+{m} columns) has numerical rank {rank} < {N + m} "
-            f"({reasons}): the least-squares fit is not unique. Pass ridge > 0 (e.g. ridge={hint:.2g}, "
-            "1e-8 * s_max^2), use more varied data, or a smaller dictionary"
+            f"({reasons}): the least-squares fit is not unique. "
+            + (f"Pass ridge > 0 (e.g. ridge={hint:.2g}, 1e-8 * s_max^2), use more varied data, or a smaller dictionary"
+               if math.isfinite(hint) else
+               f"The data are of huge magnitude (s_max = {s0:.3g}): rescale the states and inputs, e.g. to unit size")
         )
     Theta = _ridge_lstsq(Z, Psi_n, s, Uz, Vt, ridge)
     K, B = Theta[:N].T, Theta[N:].T
+    if not np.all(np.isfinite(Theta)):
+        raise NonFiniteError("the EDMDc fit [K, B] is not finite (the lifted data overflow float64; "
+                             "rescale the states and inputs, e.g. to unit size)")
     Res = Psi_n - _mm(Z, Theta)
     dof = T - (N + m) if T > N + m else T
-    W = symmetrize(_mm(Res.T, Res) / dof)
+    W = _covariance("W", Res, dof)
     C = V_fit = None
     if Y is not None:
         Ya = _as_2d("Y", Y)
@@ -516,9 +571,26 @@ def fit_edmdc(X, U, X_next, dictionary, *, Y=None, ridge: float = 0.0, rcond: fl
         C = _ridge_lstsq(Psi, Ya, sp, Up, Vtp, ridge).T
         R = Ya - _mm(Psi, C.T)
         dof_y = T - N if T > N else T
-        V_fit = symmetrize(_mm(R.T, R) / dof_y)
+        V_fit = _covariance("V_fit", R, dof_y)
     return EDMDc(K=K, B=B, C=C, P=dictionary.projection(), W=W, V_fit=V_fit, rank=rank,
                  singular_values=s, samples=T, ridge=ridge)
+
+
+def _covariance(name: str, Res: np.ndarray, dof: int) -> np.ndarray:
+    """``Res' Res / dof`` computed on ``Res / max|Res|`` (no overflow of the squares while the result fits)."""
+    scale = float(np.max(np.abs(Res))) if Res.size else 0.0
+    if not math.isfinite(scale):
+        raise NonFiniteError(f"the residuals of {name} are not finite (the lifted data overflow float64; "
+                             "rescale the states and inputs, e.g. to unit size)")
+    if scale == 0.0:
+        return np.zeros((Res.shape[1], Res.shape[1]))
+    Rs = Res / scale
+    with np.errstate(over="ignore"):
+        cov = symmetrize(_mm(Rs.T, Rs) / dof * scale * scale)
+    if not np.all(np.isfinite(cov)):
+        raise NonFiniteError(f"the residual covariance {name} overflows float64 (residuals up to {scale:.3g}, "
+                             f"squares up to {scale:.3g}^2); rescale the states and inputs, e.g. to unit size")
+    return cov
 
 
 def _windows(X: torch.Tensor, d: int) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 
 from .errors import ConfigError
 from .nonlinear import BatchedMap, NonlinearPlant
-from .plants import Example
+from ._examples import Example
 
 __all__ = ["NAMES", "cart_pole_nonlinear", "duffing", "get", "pendulum", "van_der_pol"]
 
@@ -74,10 +74,12 @@ def cart_pole_nonlinear(dt: float = 0.02, *, cart_mass: float = 1.0, pole_mass: 
 
     The same cart (1 kg), point mass (0.1 kg) on a massless 0.5 m rod and noise as the
     linear :func:`lqgt.plants.cart_pole`, whose continuous model is the linearisation of this
-    one at the origin. With ``s = sin θ``, ``c = cos θ`` (θ from upright) and force ``F``::
+    one at the origin. With ``s = sin θ``, ``c = cos θ`` (θ from upright) and force ``F``:
 
-        x''  = (F + m l θ'² s - m g s c) / (M + m s²)
-        θ''  = (g s - x'' c) / l
+    ```text
+    x''  = (F + m l θ'² s - m g s c) / (M + m s²)
+    θ''  = (g s - x'' c) / l
+    ```
 
     States ``[cart position (m), angle (rad), cart velocity (m/s), angular rate (rad/s)]``;
     force on the cart (N); position and angle measured. ``n=4, m=1, p=2``.

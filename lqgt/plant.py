@@ -13,7 +13,7 @@ import numpy as np
 import scipy.linalg
 
 from ._linalg import as_matrix, as_square, as_vector, check_psd, symmetrize
-from .errors import ShapeError
+from .errors import ConfigError, ShapeError
 
 __all__ = ["Plant", "van_loan"]
 
@@ -25,7 +25,7 @@ def _sample_time(dt) -> float:
     except (TypeError, ValueError):
         val = float("nan")
     if not (np.isfinite(val) and val > 0):
-        raise ShapeError(f"dt must be a positive finite sample time, got {dt!r}")
+        raise ConfigError(f"dt must be a positive finite sample time, got {dt!r}")
     return val
 
 

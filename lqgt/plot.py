@@ -31,6 +31,13 @@ __all__ = [
 ]
 
 _KEYS = ("x", "x_hat", "u", "y")
+#: A finite cost above this multiple of the optimum is annotated "diverged" (as in :mod:`lqgt.report`).
+_DIVERGED_RATIO = 1e6
+
+
+def __dir__() -> list[str]:
+    """``dir(lqgt.plot)``: the public plotting functions only (``__all__``), not ``np``, ``torch``, ``Axes``."""
+    return sorted(__all__)
 
 
 def _new_axes(figsize: tuple[float, float]) -> Axes:
@@ -123,7 +130,8 @@ def trajectory_bands(res, key: str = "x", index: int = 0, names: Sequence[str] |
     alpha : float
         Opacity of the bands.
     legend : bool
-        Draw a legend (titled with ``k`` and the batch size).
+        Draw a legend (titled with ``k`` and the batch size). When two estimators give
+        identical bands (the later one is hidden under the earlier), the title says so.
 
     Returns
     -------
@@ -154,15 +162,34 @@ def trajectory_bands(res, key: str = "x", index: int = 0, names: Sequence[str] |
         ax.set_title(title)
     ax.grid(True, alpha=0.3)
     if legend:
-        ax.legend(title=f"mean ± {k:g}σ over {batch} runs", fontsize="small", title_fontsize="small",
+        same = _identical_bands(stats)
+        note = "".join(f"\n{b} is hidden under {a} (identical band)" for a, b in same)
+        ax.legend(title=f"mean ± {k:g}σ over {batch} runs{note}", fontsize="small", title_fontsize="small",
                   loc="lower left", bbox_to_anchor=(0.0, 1.01), ncol=min(len(stats), 3), frameon=False)
     return ax
 
 
-def cost_comparison(costs: Mapping[str, float], ci: Mapping[str, tuple[float, float]],
+def _identical_bands(stats: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> list[tuple[str, str]]:
+    """Pairs ``(first, later)`` of estimators whose mean and std agree to rounding (the later band hides)."""
+    names, out, hidden = list(stats), [], set()
+    for j, b in enumerate(names):
+        for a in names[:j]:
+            if a in hidden:
+                continue
+            (ma, sa), (mb, sb) = stats[a], stats[b]
+            scale = max(float(np.nanmax(np.abs(ma), initial=0.0)), float(np.nanmax(sa, initial=0.0)), 1e-300)
+            if ma.shape == mb.shape and np.allclose(ma, mb, rtol=1e-9, atol=1e-9 * scale, equal_nan=True) \
+                    and np.allclose(sa, sb, rtol=1e-9, atol=1e-9 * scale, equal_nan=True):
+                out.append((a, b))
+                hidden.add(b)
+                break
+    return out
+
+
+def cost_comparison(costs, ci: Mapping[str, tuple[float, float]] | None = None,
                     exact: Mapping[str, float | None] | None = None, ax: Axes | None = None, *,
                     optimum: float | None = None, xlabel: str = "average cost per step",
-                    title: str | None = None, annotate: bool = True) -> Axes:
+                    title: str | None = None, annotate: bool = True, scale: str = "auto") -> Axes:
     """Compare estimators' costs: Monte Carlo bars with 95% CI error bars and exact-cost markers.
 
     One horizontal bar per estimator (first one at the top) whose length is the Monte
@@ -171,12 +198,15 @@ def cost_comparison(costs: Mapping[str, float], ci: Mapping[str, tuple[float, fl
 
     Parameters
     ----------
-    costs : mapping of str to float
-        Monte Carlo cost per estimator (e.g. ``res.cost``). A non-finite cost (a diverged
-        loop) is drawn as an empty bar marked "diverged".
-    ci : mapping of str to (float, float)
+    costs : lqgt.SimulationResult or mapping of str to float
+        A simulation result (its ``cost`` and ``cost_ci`` are used; pass ``ci=None``), or
+        the Monte Carlo cost per estimator (e.g. ``res.cost``). A non-finite cost (a
+        diverged loop) is drawn as an empty bar marked "diverged"; so is a cost above
+        ``1e6`` times ``optimum`` (where given).
+    ci : mapping of str to (float, float), optional
         Confidence interval ``(lo, hi)`` per estimator (e.g. ``res.cost_ci``); every name
-        in ``costs`` must have one. Non-finite bounds draw no error bar.
+        in ``costs`` must have one. Non-finite bounds draw no error bar. Required with a
+        mapping of costs, not allowed with a result.
     exact : mapping of str to float or None, optional
         Exact cost per estimator (e.g. from :func:`lqgt.lqg_cost`); ``None`` or a missing
         name draws no marker.
@@ -190,6 +220,10 @@ def cost_comparison(costs: Mapping[str, float], ci: Mapping[str, tuple[float, fl
         Axes title.
     annotate : bool
         Write ``cost [lo, hi]`` beside each bar.
+    scale : {"auto", "linear", "log"}
+        Scale of the cost axis. ``"auto"``: logarithmic when the finite positive costs,
+        exact costs, interval bounds and optimum span more than two decades (a diverging
+        loop would otherwise flatten every other bar), else linear.
 
     Returns
     -------
@@ -197,7 +231,24 @@ def cost_comparison(costs: Mapping[str, float], ci: Mapping[str, tuple[float, fl
         The axes: a ``BarContainer`` (Monte Carlo costs) and an ``ErrorbarContainer`` (the
         intervals, as ``xerr``) in ``ax.containers``, the exact markers as a line labelled
         ``"exact (Lyapunov)"``.
+
+    Raises
+    ------
+    ConfigError
+        Empty costs, a name without an interval, ``ci`` given with a result, unknown ``scale``.
+    ShapeError
+        An interval that is not a pair.
     """
+    if hasattr(costs, "cost") and hasattr(costs, "cost_ci"):
+        if ci is not None:
+            raise ConfigError("ci must not be given with a SimulationResult (its cost_ci is used); "
+                              "call cost_comparison(res, exact=...)")
+        costs, ci = costs.cost, costs.cost_ci
+    elif ci is None:
+        raise ConfigError("ci is required when costs is a mapping (e.g. cost_comparison(res.cost, res.cost_ci)); "
+                          "or pass the SimulationResult itself")
+    if scale not in ("auto", "linear", "log"):
+        raise ConfigError(f"scale must be 'auto', 'linear' or 'log', got {scale!r}")
     names = list(costs)
     if not names:
         raise ConfigError("costs is empty: give at least one estimator")
@@ -216,8 +267,18 @@ def cost_comparison(costs: Mapping[str, float], ci: Mapping[str, tuple[float, fl
     y = np.arange(len(names), dtype=float)
     vals = np.array([float(costs[n]) for n in names])
     finite = np.isfinite(vals)
-    ax.barh(y, np.where(finite, vals, 0.0), height=0.6, color=[f"C{i}" for i in range(len(names))], alpha=0.55,
-            label="Monte Carlo")
+    has_opt = optimum is not None and math.isfinite(optimum)
+    runaway = finite & (has_opt and optimum > 0) & (np.abs(vals) > _DIVERGED_RATIO * abs(optimum or 1.0))
+    pos = [v for v in vals[finite] if v > 0] + [float(b) for n in names for b in ci[n]
+                                               if math.isfinite(float(b)) and float(b) > 0]
+    pos += [float(e) for e in exact.values() if e is not None and math.isfinite(float(e)) and float(e) > 0]
+    pos += [float(optimum)] if has_opt and optimum > 0 else []
+    log = scale == "log" or (scale == "auto" and len(pos) > 1 and max(pos) > 100.0 * min(pos))
+    if log and not pos:
+        raise ConfigError("scale='log' needs at least one positive finite cost")
+    base = 10.0 ** math.floor(math.log10(min(pos)) - 0.3) if log else 0.0
+    ax.barh(y, np.where(finite, vals - base, 0.0), left=base, height=0.6,
+            color=[f"C{i}" for i in range(len(names))], alpha=0.55, label="Monte Carlo")
     ok = [i for i, n in enumerate(names) if finite[i] and all(math.isfinite(float(b)) for b in ci[n])]
     if ok:
         lo = np.array([float(ci[names[i]][0]) for i in ok])
@@ -229,24 +290,37 @@ def cost_comparison(costs: Mapping[str, float], ci: Mapping[str, tuple[float, fl
     if ex:
         ax.plot([e for _, e in ex], [y[i] for i, _ in ex], linestyle="none", marker="D", markersize=7,
                 markerfacecolor="white", markeredgecolor="black", label="exact (Lyapunov)")
-    if optimum is not None and math.isfinite(optimum):
+    if has_opt:
         ax.axvline(optimum, color="0.25", linestyle="--", linewidth=1.0, label="LQG optimum")
 
-    right = [v for v in vals[finite]] + [e for _, e in ex] + ([optimum] if optimum is not None and math.isfinite(optimum) else [])
+    right = [v for v in vals[finite]] + [e for _, e in ex] + ([optimum] if has_opt else [])
     right += [float(ci[names[i]][1]) for i in ok]
     xmax = max(right) if right else 1.0
+    if log:
+        decades = math.log10(max(xmax, base * 10.0)) - math.log10(base)
+        shift = lambda x, frac: x * 10.0 ** (frac * decades)
+    else:
+        shift = lambda x, frac: x + frac * xmax
     if annotate:
         for i, n in enumerate(names):
             if not finite[i]:
-                ax.text(0.01 * xmax, y[i], "diverged", va="center", ha="left", fontsize="small", color="C3")
+                ax.text(shift(base, 0.01) if log else 0.01 * xmax, y[i], "diverged", va="center", ha="left",
+                        fontsize="small", color="C3")
                 continue
             lo_hi = ci[n]
             txt = fmt_number(vals[i])
             if all(math.isfinite(float(b)) for b in lo_hi):
                 txt += f"  [{fmt_number(lo_hi[0])}, {fmt_number(lo_hi[1])}]"
+            if runaway[i]:
+                txt += "  diverged"
             x_end = max([vals[i]] + ([float(lo_hi[1])] if i in ok else []) + [e for j, e in ex if j == i])
-            ax.text(x_end + 0.035 * xmax, y[i], txt, va="center", ha="left", fontsize="small")
-    ax.set_xlim(0.0, xmax * (1.45 if annotate else 1.08))
+            ax.text(shift(x_end, 0.035), y[i], txt, va="center", ha="left", fontsize="small",
+                    color="C3" if runaway[i] else "black")
+    if log:
+        ax.set_xscale("log")
+        ax.set_xlim(base, shift(xmax, 0.45 if annotate else 0.08))
+    else:
+        ax.set_xlim(0.0, xmax * (1.45 if annotate else 1.08))
     ax.set_yticks(y, names)
     ax.invert_yaxis()
     ax.set_xlabel(xlabel)
@@ -315,10 +389,10 @@ def _settings_text(sweep) -> str:
 
 
 def _beta_axes(ax: Axes, ylabel: str, title: str) -> None:
-    """Log–log axes over the temperature β (shared by the β-sweep plots)."""
+    """Log–log axes over the inverse temperature β (shared by the β-sweep plots)."""
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("temperature β (1 / squared token distance)")
+    ax.set_xlabel("inverse temperature β (larger: sharper attention)")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize="medium")
     ax.grid(True, which="major", alpha=0.3)
@@ -379,11 +453,13 @@ def beta_sweep_gap(sweep, ax: Axes | None = None, *, title: str | None = None, r
     -------
     matplotlib.axes.Axes
         Log–log axes holding, each only when some point falls in its class: the line
-        ``"J_TF − J_LQG"`` (y-data: the gap where resolved, NaN elsewhere) with a filled
+        ``"J_TF − J_LQG (predictor, MC)"`` (y-data: the gap where resolved, NaN elsewhere) with a filled
         band labelled ``"95% CI (common noise)"`` and error bars of the same intervals; the markers-only line
         ``"unresolved: 95% upper bound"``; the markers-only line
         ``"negative: |gap| (Monte Carlo error)"``; and a dotted horizontal line at
-        ``J_LQG`` (labelled ``"J_LQG = ..."``).
+        the Monte Carlo cost of the Kalman-predictor LQG loop ``sweep.cost_lqg`` (labelled
+        ``"J_LQG (predictor, MC) = ..."``; every ``J_LQG`` here is that predictor-form
+        Monte Carlo cost, not the exact current-form optimum of a cost table).
     """
     betas, gap, ci = _sweep_arrays(sweep, ("gap", "gap_ci"))
     k = betas.size
@@ -402,7 +478,7 @@ def beta_sweep_gap(sweep, ax: Axes | None = None, *, title: str | None = None, r
         ax.fill_between(betas, np.where(pos, ci[:, 0], nan), np.where(pos, ci[:, 1], nan), color="C1", alpha=0.25,
                         linewidth=0, label="95% CI (common noise)")
         ax.plot(betas, np.where(pos, gap, nan), color="C1", marker="o", markersize=4, linewidth=1.6,
-                label="J_TF − J_LQG")
+                label="J_TF − J_LQG (predictor, MC)")
         ax.errorbar(betas[pos], gap[pos], yerr=np.vstack([gap[pos] - ci[pos, 0], ci[pos, 1] - gap[pos]]),
                     fmt="none", ecolor="C1", elinewidth=1.0, capsize=3)
     up = unr & (ci[:, 1] > 0)
@@ -413,14 +489,14 @@ def beta_sweep_gap(sweep, ax: Axes | None = None, *, title: str | None = None, r
         ax.plot(betas, np.where(neg, np.abs(gap), nan), linestyle="none", marker="x", markersize=7, color="C3",
                 label="negative: |gap| (Monte Carlo error)")
 
-    _beta_axes(ax, "cost gap J_TF − J_LQG (cost per step)",
+    _beta_axes(ax, "J_TF − J_LQG(predictor), MC (cost per step)",
                title if title is not None else f"Transformer Filter vs LQG in closed loop ({_settings_text(sweep)})")
     J = float(getattr(sweep, "cost_lqg", math.nan))
     if math.isfinite(J) and J > 0:
-        ax.axhline(J, color="0.4", linestyle=":", linewidth=1.0, label=f"J_LQG = {J:.4g}")
+        ax.axhline(J, color="0.4", linestyle=":", linewidth=1.0, label=f"J_LQG (predictor, MC) = {J:.4g}")
         if relative_axis:
             sec = ax.secondary_yaxis("right", functions=(lambda g: 100.0 * g / J, lambda r: r * J / 100.0))
-            sec.set_ylabel("relative gap (% of J_LQG)")
+            sec.set_ylabel("relative gap (% of J_LQG(predictor), MC)")
     ax.legend(fontsize="small", loc="lower left")
     return ax
 
@@ -629,6 +705,9 @@ def bode_data(omega, response, *, reference=None, phase_center: float = 0.0) -> 
     phase_center + 180°]``. With ``reference`` (a curve), each point instead takes the
     branch (``angle + 360° k``) nearest to the reference phase interpolated, linearly in
     ``log ω``, at its frequency: use this for sparse measured points drawn over a curve.
+    A point more than 90° from the reference whose nearest branch falls outside the
+    reference's phase range takes the other branch (the next-nearest, inside the range),
+    so that one distorted point does not stretch the phase axis by a whole turn.
 
     Parameters
     ----------
@@ -675,7 +754,17 @@ def bode_data(omega, response, *, reference=None, phase_center: float = 0.0) -> 
         o = np.argsort(w_ref)
         with np.errstate(divide="ignore", invalid="ignore"):
             ref = np.interp(np.log(w), np.log(w_ref[o]), ph_ref[o])
-        return mag, ang + 360.0 * np.round((ref - ang) / 360.0)
+        ph = ang + 360.0 * np.round((ref - ang) / 360.0)
+        # a point about 180° off its reference (e.g. a distorted measurement) is ambiguous: of the
+        # two branches nearly as close, keep the one inside the reference's phase range, so one
+        # such point does not stretch the phase axis by a turn
+        finite = ph_ref[np.isfinite(ph_ref)]
+        if finite.size:
+            lo, hi = float(finite.min()), float(finite.max())
+            other = ph + np.where(ph > ref, -360.0, 360.0)
+            swap = (np.abs(ph - ref) > 90.0) & ((ph < lo) | (ph > hi)) & (other >= lo) & (other <= hi)
+            ph = np.where(swap, other, ph)
+        return mag, ph
     o = np.argsort(w, kind="stable")
     ph = np.empty_like(ang)
     ph[o] = _phase_branch(np.degrees(np.unwrap(np.radians(ang[o]))), phase_center)
@@ -876,3 +965,75 @@ def bode(curves=None, points=None, ax=None, *, omega=None, dt: float | None = No
     if legend:
         ax_m.legend(fontsize="small", loc="best")
     return ax_m, ax_p
+
+
+__all__ += ["training_curve"]
+
+
+def training_curve(log, ax: Axes | None = None, *, smooth: int | None = None, reference: float | None = None,
+                   reference_label: str = "reference", label: str = "training loss",
+                   title: str | None = None) -> Axes:
+    """Training loss against optimizer step (log-scale loss), from :func:`lqgt.learn.fit`.
+
+    Draws the loss of every step (thin line), its moving average over ``smooth`` steps
+    (thick line), the validation loss (markers) if the log has one, and an optional
+    horizontal reference (e.g. the Kalman filter's MSE on the same data).
+
+    Parameters
+    ----------
+    log : lqgt.learn.TrainingLog
+        The log (its ``steps``, ``loss``, ``val_steps``, ``val_loss`` are used).
+    ax : matplotlib.axes.Axes, optional
+        Where to draw; a new figure is made if not given.
+    smooth : int, optional
+        Window of the moving average (default: ``len(loss) // 50``, no average below 2).
+    reference : float, optional
+        Draw a dashed horizontal line at this loss.
+    reference_label : str
+        Legend label of the reference line.
+    label : str
+        Legend label of the loss curve.
+    title : str, optional
+        Axes title.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+
+    Raises
+    ------
+    ShapeError
+        If ``log.steps`` and ``log.loss`` differ in length or are empty.
+    NonFiniteError
+        If the loss contains NaN or infinity.
+    """
+    steps = np.asarray(log.steps, dtype=float)
+    loss = np.asarray(log.loss, dtype=float)
+    if steps.shape != loss.shape or steps.ndim != 1 or not steps.size:
+        raise ShapeError(f"training_curve: log.steps {steps.shape} and log.loss {loss.shape} must be equal, 1-D, non-empty")
+    if not np.isfinite(loss).all():
+        raise NonFiniteError("training_curve: log.loss contains NaN or infinity")
+    if ax is None:
+        ax = _new_axes((6.0, 3.6))
+    k = max(1, loss.size // 50) if smooth is None else int(smooth)
+    ax.plot(steps, loss, color="C0", linewidth=0.6, alpha=0.45 if k > 1 else 1.0, label=label if k <= 1 else "_raw")
+    if k > 1:
+        kern = np.ones(k) / k
+        avg = np.convolve(loss, kern, mode="valid")
+        ax.plot(steps[k - 1:], avg, color="C0", linewidth=1.8, label=f"{label} ({k}-step mean)")
+    vs = np.asarray(getattr(log, "val_steps", []), dtype=float)
+    vl = np.asarray(getattr(log, "val_loss", []), dtype=float)
+    if vs.size and vs.shape == vl.shape:
+        ax.plot(vs, vl, "o", color="C1", markersize=4, label="validation loss")
+    if reference is not None:
+        ax.axhline(float(reference), color="0.3", linestyle="--", linewidth=1.0, label=reference_label)
+    positive = (loss > 0).all() and (vl > 0).all() and (reference is None or reference > 0)
+    if positive:
+        ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss" + (" (log scale)" if positive else ""))
+    if title is not None:
+        ax.set_title(title, fontsize="medium")
+    ax.legend(fontsize="small", loc="best")
+    ax.grid(True, which="major", alpha=0.3)
+    return ax

@@ -20,14 +20,15 @@ import torch
 from tqdm.auto import tqdm
 
 from ._linalg import as_matrix, psd_sqrt
-from ._torch import resolve_device, resolve_dtype, tensor
+from ._resources import limit_threads, work_threads
+from ._torch import check_memory, resolve_device, resolve_dtype, resolve_seed, tensor
 from .closed_loop import closed_loop
 from .errors import ConfigError, NonFiniteError, ShapeError
 from .estimators.base import check_estimator
 from .lqg import _cost_weights
 from .plant import Plant
 
-__all__ = ["simulate", "SimulationResult", "DivergenceWarning"]
+__all__ = ["simulate", "SimulationResult", "DivergenceWarning", "GainMismatchWarning"]
 
 Policy = Callable[[torch.Tensor], torch.Tensor]
 
@@ -44,6 +45,10 @@ _SCAN_DEVICES = ("cuda",)
 #: Largest default chunk (steps). The default chunk does not depend on the horizon, so a
 #: shorter run with the same seed is a prefix of a longer one.
 _MAX_CHUNK_STEPS = 1024
+#: Seed offset of the generator of the outlier mask (``simulate(..., outliers=...)``).
+_OUTLIER_SEED_OFFSET = 0x0A7F_0011
+#: With ``progress=None`` (auto), the progress bar opens once a run has taken this long (s).
+_PROGRESS_DELAY_S = 2.0
 #: Two-sided 95% quantile of the standard normal.
 _Z95 = 1.959963984540054
 
@@ -59,11 +64,25 @@ def _as_int(name: str, value) -> int:
     try:
         iv = int(value)
         ok = ok and iv == value
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(float("inf"))
         ok = False
     if not ok:
         raise ConfigError(f"{name} must be an integer, got {value!r}")
     return iv
+
+
+def _check_simulation_memory(batch: int, horizon: int, chunk: int, n_est: int, n: int, m: int, p: int,
+                             store: bool, dev: torch.device, dt: torch.dtype) -> None:
+    """Refuse up front (ResourceError) a run that cannot fit: noise chunks, states, stored trajectories."""
+    item = torch.empty((), dtype=dt).element_size()
+    row = 2 * n + m + p
+    elems = 3 * chunk * batch * (n + p)  # noise chunk, the prefetched next one, and (w, v)
+    elems += n_est * batch * (2 * row + 1)  # per-estimator state, step outputs and cost totals
+    elems += n_est * chunk * batch * row  # one chunk of trajectories per estimator
+    if store:
+        elems += n_est * batch * horizon * row
+    check_memory(float(elems) * item, dev,
+                 f"simulate(batch={batch}, horizon={horizon}, store={store}) with {n_est} estimator(s)")
 
 
 def _is_linear(plant) -> bool:
@@ -89,6 +108,36 @@ def _spare_core() -> bool:
 
 class DivergenceWarning(UserWarning):
     """A closed loop produced non-finite values (the loop is unstable or an estimator diverged)."""
+
+
+class GainMismatchWarning(UserWarning):
+    """An estimator assumes another feedback gain than the ``K`` it is simulated with.
+
+    An estimator that models the loop ``u = -K x̂`` (e.g. a closed-loop
+    :class:`lqgt.TransformerFilter`) exposes that gain as ``feedback_gain``; simulated under
+    a different ``K`` (or a callable policy) it predicts with the wrong loop, and the cost
+    changes without any other sign.
+    """
+
+
+def _check_feedback_gain(name: str, est, Kmat, policy) -> None:
+    """Warn (:class:`GainMismatchWarning`) when ``est.feedback_gain`` is not the simulated ``K``."""
+    assumed = getattr(est, "feedback_gain", None)
+    if assumed is None:
+        return
+    assumed = np.asarray(assumed.detach().cpu() if isinstance(assumed, torch.Tensor) else assumed, dtype=float)
+    if Kmat is None:
+        warnings.warn(f"estimator {name!r} assumes the static feedback u = -K x̂ with its feedback_gain, but the loop "
+                      "is closed by a callable policy: its predictions use a loop that is not simulated",
+                      GainMismatchWarning, stacklevel=4)
+        return
+    scale = max(float(np.abs(Kmat).max(initial=0.0)), float(np.abs(assumed).max(initial=0.0)), 1e-300)
+    if assumed.shape != Kmat.shape or not np.allclose(assumed, Kmat, rtol=1e-9, atol=1e-12 * scale):
+        diff = float(np.abs(assumed - Kmat).max()) if assumed.shape == Kmat.shape else math.inf
+        warnings.warn(f"estimator {name!r} was built for the feedback gain K = {np.array2string(assumed, precision=4)} "
+                      f"but is simulated with K = {np.array2string(Kmat, precision=4)} (largest difference "
+                      f"{diff:.3g}): its predictions assume another loop; build it with the K you simulate",
+                      GainMismatchWarning, stacklevel=4)
 
 
 @dataclass(frozen=True, eq=False)
@@ -130,6 +179,64 @@ class SimulationResult:
         """Estimator names, in the order given."""
         return list(self.cost)
 
+    def table(self) -> list[dict[str, Any]]:
+        """The costs as rows: one dict per estimator (no pandas needed).
+
+        Returns
+        -------
+        list of dict
+            In the order simulated, each ``{"estimator", "cost", "ci_low", "ci_high",
+            "ci_half_width", "batch", "steps"}`` (plain floats and ints; ``inf`` for a
+            diverged loop).
+        """
+        steps = int(self.settings.get("horizon", len(self.t))) - int(self.settings.get("burn_in", 0))
+        rows = []
+        for name in self.cost:
+            lo, hi = (float(v) for v in self.cost_ci[name])
+            rows.append({"estimator": name, "cost": float(self.cost[name]), "ci_low": lo, "ci_high": hi,
+                         "ci_half_width": (hi - lo) / 2.0 if math.isfinite(hi - lo) else math.inf,
+                         "batch": int(self.cost_per_trajectory[name].numel()), "steps": steps})
+        return rows
+
+    def to_pandas(self):
+        """The costs and their 95% intervals as a :class:`pandas.DataFrame` (one row per estimator).
+
+        Returns
+        -------
+        pandas.DataFrame
+            Indexed by ``estimator``; columns ``cost``, ``ci_low``, ``ci_high``,
+            ``ci_half_width``, ``batch``, ``steps`` (see :meth:`table`).
+
+        Raises
+        ------
+        ImportError
+            pandas is not installed (it is optional: ``pip install pandas``).
+        """
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("SimulationResult.to_pandas needs pandas, which is not installed "
+                              "(pip install pandas); SimulationResult.table() gives the same rows as dicts") from None
+        return pd.DataFrame(self.table()).set_index("estimator")
+
+    def to_numpy(self) -> dict[str, Any]:
+        """Everything as numpy arrays (on the CPU).
+
+        Returns
+        -------
+        dict
+            ``"cost"`` and ``"cost_ci"`` (``{name: float}``, ``{name: (lo, hi)}``),
+            ``"cost_per_trajectory"`` (``{name: (B,)}``), ``"x"``, ``"x_hat"``, ``"u"``,
+            ``"y"`` (``{name: (B, T, ·)}``, or ``None`` without stored trajectories), ``"t"``
+            ``(T,)`` and ``"settings"``.
+        """
+        def arr(d):
+            return None if d is None else {k: v.detach().cpu().numpy() for k, v in d.items()}
+
+        return {"cost": dict(self.cost), "cost_ci": {k: tuple(v) for k, v in self.cost_ci.items()},
+                "cost_per_trajectory": arr(self.cost_per_trajectory), "x": arr(self.x), "x_hat": arr(self.x_hat),
+                "u": arr(self.u), "y": arr(self.y), "t": np.asarray(self.t), "settings": dict(self.settings)}
+
 
 class _Noise:
     """Draws ``x0`` and chunks of standard normals ``e``, shared by all estimators.
@@ -139,10 +246,17 @@ class _Noise:
     generic runner. The stream of numbers depends only on the chunk sizes asked for.
     """
 
-    def __init__(self, plant: Plant, batch: int, seed: int, device, dtype, enabled: bool = True) -> None:
+    def __init__(self, plant: Plant, batch: int, seed: int, device, dtype, enabled: bool = True,
+                 outliers: tuple[float, float] | None = None) -> None:
         self.gen = torch.Generator(device=device)
         self.gen.manual_seed(int(seed))
         self.batch, self.device, self.dtype, self.enabled = batch, device, dtype, enabled
+        # contaminated measurement noise: the outlier mask has its own generator, so the
+        # Gaussian stream (and x0) are the same with and without outliers
+        self.outliers = outliers if enabled else None
+        if self.outliers is not None:
+            self.gen_out = torch.Generator(device=device)
+            self.gen_out.manual_seed(int(seed) + _OUTLIER_SEED_OFFSET)
         self.n, self.p = plant.n, plant.p
         self.Wh_np, self.Vh_np = psd_sqrt(plant.W), psd_sqrt(plant.V)
         self.Wh = tensor(self.Wh_np, device, dtype)
@@ -159,7 +273,12 @@ class _Noise:
         """Return standard normals ``e`` ``(c, B, n + p)`` (contiguous; zeros without noise)."""
         if not self.enabled:
             return torch.zeros(c, self.batch, self.n + self.p, device=self.device, dtype=self.dtype)
-        return torch.randn(c, self.batch, self.n + self.p, generator=self.gen, device=self.device, dtype=self.dtype)
+        e = torch.randn(c, self.batch, self.n + self.p, generator=self.gen, device=self.device, dtype=self.dtype)
+        if self.outliers is not None:  # with probability prob, v[t] of a trajectory is scaled by `scale`
+            prob, scale = self.outliers
+            hit = torch.rand(c, self.batch, 1, generator=self.gen_out, device=self.device, dtype=self.dtype) < prob
+            e[..., self.n:] *= hit.to(self.dtype) * (scale - 1.0) + 1.0
+        return e
 
     def split(self, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``w`` ``(c, B, n)`` and ``v`` ``(c, B, p)`` from ``e``."""
@@ -219,6 +338,21 @@ def _disturbance(d, batch: int, horizon: int, m: int, dev, dt):
     return lambda t0, c: D[:, t0:t0 + c].transpose(0, 1)
 
 
+def _check_outliers(outliers) -> tuple[float, float] | None:
+    """Check ``outliers=(prob, scale)`` of :func:`simulate`; ``None`` when off."""
+    if outliers is None:
+        return None
+    try:
+        prob, scale = (float(v) for v in outliers)
+    except (TypeError, ValueError):
+        raise ConfigError(f"outliers must be a pair (prob, scale), got {outliers!r}") from None
+    if not (math.isfinite(prob) and 0.0 <= prob <= 1.0):
+        raise ConfigError(f"outliers: prob must satisfy 0 <= prob <= 1, got {prob!r}")
+    if not (math.isfinite(scale) and scale > 0.0):
+        raise ConfigError(f"outliers: scale must be a finite number > 0, got {scale!r}")
+    return prob, scale
+
+
 def _policy(K, plant: Plant) -> tuple[np.ndarray | None, Policy | None]:
     """Split the controller argument into a static gain or a callable policy."""
     if callable(K) and not isinstance(K, (np.ndarray, torch.Tensor)):
@@ -228,6 +362,7 @@ def _policy(K, plant: Plant) -> tuple[np.ndarray | None, Policy | None]:
     return as_matrix("K", K, (plant.m, plant.n)), None
 
 
+@torch.no_grad()  # estimators with parameters (lqgt.learn) are run without building a graph
 def simulate(
     plant: Plant,
     K,
@@ -244,9 +379,10 @@ def simulate(
     store: bool = True,
     burn_in: int = 0,
     chunk: int | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
     noise: bool = True,
     disturbance=None,
+    outliers: tuple[float, float] | None = None,
 ) -> SimulationResult:
     """Simulate the closed loop of ``plant`` with each estimator, on common random numbers.
 
@@ -270,10 +406,16 @@ def simulate(
         Number of steps ``T``.
     batch : int
         Number of independent trajectories ``B``.
-    seed : int
-        Seed of the noise generator (results are reproducible per device).
+    seed : int, None or numpy.random.Generator
+        Seed of the noise generator (results are reproducible per device), an integer in
+        ``[0, 2**64)``. ``None`` draws a fresh random seed and a numpy ``Generator`` draws
+        one from it; the seed used is in ``result.settings["seed"]``.
     device : str or torch.device
-        ``"cpu"`` or ``"cuda"``.
+        ``"cpu"`` or ``"cuda"``. On CPU, runs whose per-step tensors are small
+        (``batch × width`` below ``lqgt._resources.SMALL_WORK`` elements) use one torch
+        intra-op thread for the length of the run (torch's setting is restored
+        afterwards; the environment variable ``LQGT_NUM_THREADS`` overrides): the
+        thread pool costs more than it saves on such tensors, most of all on a busy machine.
     dtype : torch.dtype, optional
         ``torch.float64`` (default) or ``torch.float32``.
     store : bool
@@ -283,8 +425,10 @@ def simulate(
         Steps excluded from the cost average (to estimate the stationary cost).
     chunk : int, optional
         Steps of noise generated at once; chosen from the batch size by default.
-    progress : bool
-        Show a tqdm progress bar.
+    progress : bool, optional
+        Show a tqdm progress bar (on stderr). ``None`` (default, auto): the bar opens
+        only when the run is still going after 2 seconds, so short runs print nothing;
+        ``True``: from the start; ``False``: never.
     noise : bool
         ``False`` switches the process and measurement noise off and starts every
         trajectory at ``m0`` (deterministic runs, e.g. frequency responses).
@@ -294,6 +438,13 @@ def simulate(
         maps the step ``t`` to a ``(B, m)`` tensor. Estimators receive, and ``res.u``
         stores, the controller output ``u`` without ``d``; the cost uses ``u`` too.
         With a disturbance every estimator runs the generic step loop.
+    outliers : (float, float), optional
+        Contaminated measurement noise ``(prob, scale)``: independently for each step and
+        trajectory, with probability ``prob`` the whole measurement-noise vector ``v[t]`` is
+        multiplied by ``scale`` (e.g. ``(0.05, 10.0)``: 5% outliers at 10x the noise standard
+        deviation). The outlier pattern comes from its own generator (seeded by ``seed``), so
+        every estimator sees the same outliers and the Gaussian numbers are the same as
+        without outliers. The fused linear path stays exact (it reads the same scaled noise).
 
     Returns
     -------
@@ -303,6 +454,18 @@ def simulate(
     ------
     ShapeError, ConfigError
         Bad arguments (names the argument and what is allowed).
+    ResourceError
+        The run would need more memory than is free on ``device`` (the message gives the
+        estimate; ``store=False`` drops the trajectories, the largest part).
+        Bad arguments (names the argument and what is allowed).
+
+    Warns
+    -----
+    DivergenceWarning
+        A loop diverged (its cost is ``inf``).
+    GainMismatchWarning
+        An estimator's ``feedback_gain`` (the ``K`` it was built for) differs from ``K``,
+        or the loop is closed by a callable policy.
     """
     linear = _is_linear(plant)
     if not isinstance(estimators, Mapping) or not estimators:
@@ -319,15 +482,19 @@ def simulate(
         check_estimator(name, est, plant.n)
         if est.form == "current" and plant.has_feedthrough:
             raise ShapeError(f"estimator {name!r} is current-form but the plant has D != 0 (algebraic loop)")
+        _check_feedback_gain(name, est, Kmat, policy)
     n, m, p = plant.n, plant.m, plant.p
     if chunk is None:
         chunk = max(1, min(_MAX_CHUNK_STEPS, _CHUNK_ELEMS.get(dev.type, 1 << 22) // (batch * (n + p))))
     chunk = _as_int("chunk", chunk)
     if chunk < 1:
         raise ConfigError(f"chunk must be >= 1, got {chunk}")
+    seed = resolve_seed(seed)
+    _check_simulation_memory(batch, horizon, min(chunk, horizon), len(estimators), n, m, p, store, dev, dt)
     dist = _disturbance(disturbance, batch, horizon, m, dev, dt)
 
-    noise_src = _Noise(plant, batch, seed, dev, dt, enabled=bool(noise))
+    outliers = _check_outliers(outliers)
+    noise_src = _Noise(plant, batch, seed, dev, dt, enabled=bool(noise), outliers=outliers)
     runners = {
         name: _make_runner(plant, linear, Kmat, policy, est, noise_src, Qz_np, dev, dt, min(chunk, horizon), store,
                            fused_ok=linear and dist is None)
@@ -341,21 +508,25 @@ def simulate(
             for key, width in (("x", n), ("x_hat", n), ("u", m), ("y", p)):
                 stored[key][name] = torch.empty(batch, horizon, width, device=dev, dtype=dt)
 
-    bar = tqdm(total=horizon, disable=not progress, desc="simulate", unit="step", leave=False)
-    prefetch = _CPU_PREFETCH and noise and dev.type == "cpu" and _spare_core()
-    for t0, e in _chunks(noise_src, horizon, chunk, prefetch=prefetch):
-        c = e.shape[0]
-        lo = min(max(burn_in - t0, 0), c)  # steps of this chunk before burn_in are not costed
-        wv = noise_src.split(e) if need_wv else None
-        d = dist(t0, c) if dist is not None else None
-        for name, run in runners.items():
-            step_sum, traj = run(e, wv, lo, d, t0)  # (B,) cost over steps lo..c-1; (c, B, ·) tensors
-            if step_sum is not None:
-                total[name] += step_sum
-            if store:
-                for key in stored:
-                    stored[key][name][:, t0:t0 + c] = traj[key].transpose(0, 1)
-        bar.update(c)
+    # progress=None (auto): the bar opens only once the run has taken _PROGRESS_DELAY_S seconds
+    bar = tqdm(total=horizon, disable=progress is False, delay=0.0 if progress else _PROGRESS_DELAY_S,
+               desc="simulate", unit="step", leave=False)
+    width = max(2 * n + p, max(int(getattr(est, "window", 1) or 1) * (n + p) for est in estimators.values()))
+    with limit_threads(work_threads(batch * width, dev)):  # small per-step work: one intra-op thread on CPU
+        prefetch = _CPU_PREFETCH and noise and dev.type == "cpu" and _spare_core()
+        for t0, e in _chunks(noise_src, horizon, chunk, prefetch=prefetch):
+            c = e.shape[0]
+            lo = min(max(burn_in - t0, 0), c)  # steps of this chunk before burn_in are not costed
+            wv = noise_src.split(e) if need_wv else None
+            d = dist(t0, c) if dist is not None else None
+            for name, run in runners.items():
+                step_sum, traj = run(e, wv, lo, d, t0)  # (B,) cost over steps lo..c-1; (c, B, ·) tensors
+                if step_sum is not None:
+                    total[name] += step_sum
+                if store:
+                    for key in stored:
+                        stored[key][name][:, t0:t0 + c] = traj[key].transpose(0, 1)
+            bar.update(c)
     bar.close()
 
     steps = horizon - burn_in
@@ -376,7 +547,8 @@ def simulate(
         ci[name] = (mean - half, mean + half)
         cost[name] = mean
     settings = dict(horizon=horizon, batch=batch, seed=seed, device=str(dev), dtype=str(dt).replace("torch.", ""),
-                    burn_in=burn_in, chunk=chunk, store=store, noise=bool(noise), disturbance=dist is not None)
+                    burn_in=burn_in, chunk=chunk, store=store, noise=bool(noise), disturbance=dist is not None,
+                    outliers=outliers)
     return SimulationResult(
         cost=cost, cost_ci=ci, cost_per_trajectory=per,
         x=stored["x"] if store else None, x_hat=stored["x_hat"] if store else None,

@@ -206,12 +206,14 @@ def test_cuda_without_cuda_is_a_clear_error(capsys, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_out_is_a_file_fails_with_status_1(tmp_path, capsys):
+def test_out_is_a_file_fails_with_status_2(tmp_path, capsys):
     f = tmp_path / "file"
     f.write_text("x")
-    assert cli.main(["demo", "--out", str(f), *SMALL]) == 1
+    with pytest.raises(SystemExit) as exc:  # a bad argument, like a bad configuration: status 2
+        cli.main(["demo", "--out", str(f), *SMALL])
+    assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("lqgt demo: error:") and "not a directory" in err
+    assert "lqgt demo: error:" in err and "not a directory" in err
 
 
 def test_console_entry_point_exit_status():

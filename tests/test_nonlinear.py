@@ -175,7 +175,7 @@ def test_construction_errors():
         NonlinearPlant(f, h, **{**_good(), "W": np.eye(3)})
     with pytest.raises(ShapeError, match="n must be a positive integer"):
         NonlinearPlant(f, h, **{**_good(), "n": 0})
-    with pytest.raises(ShapeError, match="dt"):
+    with pytest.raises(ConfigError, match="dt"):  # a bad value, not a bad shape
         NonlinearPlant(f, h, **{**_good(), "dt": -1.0})
     with pytest.raises(ConfigError, match="substeps"):
         NonlinearPlant.from_continuous(f, h, Wc=np.eye(2), V=[[1.0]], n=2, m=1, p=1, dt=0.1, substeps=0)

@@ -71,7 +71,7 @@ def test_beta_sweep_gap_draws_each_class_where_it_belongs():
     ax = beta_sweep_gap(sw)
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
     nan = np.nan
-    main = _line(ax, "J_TF − J_LQG")
+    main = _line(ax, "J_TF − J_LQG (predictor, MC)")
     _nan_equal(main.get_xdata(), sw.betas)
     _nan_equal(main.get_ydata(), [0.5, 0.05, nan, nan, nan])  # resolved: CI above 0
     up = _line(ax, "unresolved: 95% upper bound")
@@ -79,7 +79,7 @@ def test_beta_sweep_gap_draws_each_class_where_it_belongs():
     _nan_equal(up.get_ydata(), [nan, nan, 3e-4, nan, 2e-6])  # the upper end of the interval
     neg = _line(ax, "negative: |gap| (Monte Carlo error)")
     _nan_equal(neg.get_ydata(), [nan, nan, nan, 2e-6, nan])
-    ref = _line(ax, "J_LQG = 1")
+    ref = _line(ax, "J_LQG (predictor, MC) = 1")
     assert list(ref.get_ydata()) == [1.0, 1.0]
     # the 95% band spans exactly [lo, hi] at the resolved points
     bands = [c for c in ax.collections if isinstance(c, PolyCollection) and c.get_label() == "95% CI (common noise)"]
@@ -120,7 +120,7 @@ def test_beta_sweep_gap_omits_empty_classes():
     ax = beta_sweep_gap(sw)
     labels = [ln.get_label() for ln in ax.get_lines()]
     assert "unresolved: 95% upper bound" not in labels and "negative: |gap| (Monte Carlo error)" not in labels
-    _nan_equal(_line(ax, "J_TF − J_LQG").get_ydata(), sw.gap)
+    _nan_equal(_line(ax, "J_TF − J_LQG (predictor, MC)").get_ydata(), sw.gap)
 
 
 def test_beta_sweep_gap_bad_input():
@@ -270,7 +270,7 @@ def test_plots_of_a_real_beta_sweep():
     plant, Q, R = lqgt.plants.oscillator()
     sw = lqgt.beta_sweep(plant, Q, R, [1.0, 100.0, 1e6], window=8, batch=32, horizon=60, burn_in=10)
     ax = beta_sweep_gap(sw)
-    gap_line = _line(ax, "J_TF − J_LQG")
+    gap_line = _line(ax, "J_TF − J_LQG (predictor, MC)")
     assert gap_line.get_ydata()[0] == pytest.approx(sw.gap[0])  # β = 1 is far from LQG: resolved
     ax = certificate(sw)
     assert np.all(sw.error_max <= sw.bound)

@@ -328,7 +328,7 @@ def test_attention_module_is_a_trainable_torch_block(rng):
 
 
 def test_attention_construction_logits_and_values(rng):
-    """``q_t·k_i = β(2 z_t'S z_i - z_i'S z_i)`` (the sign that makes near tokens win), ``v_i = M z_i``."""
+    """Logits ``scale·q_t·k_i = β(2 z_t'S z_i - z_i'S z_i)`` (the sign that makes near tokens win), ``v_i = M z_i``."""
     n, d, beta = 2, 4, 3.7
     M, S = rng.standard_normal((n, d)), random_spd(rng, d)
     blk = TransformerFilterAttention.from_construction(M, S, beta, 5)
@@ -336,7 +336,8 @@ def test_attention_construction_logits_and_values(rng):
     q, k, v = blk.project(z)
     zn = z.numpy()
     expect = beta * (2 * zn @ S @ zn.T - np.einsum("id,de,ie->i", zn, S, zn)[None, :])
-    np.testing.assert_allclose((q @ k.T).detach().numpy(), expect, rtol=1e-12, atol=1e-12)
+    assert blk.scale == beta  # β is the logit scale, applied after the max is subtracted
+    np.testing.assert_allclose(blk.scale * (q @ k.T).detach().numpy(), expect, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(v.detach().numpy(), zn @ M.T, rtol=1e-13, atol=1e-13)
     # up to the constant -β z_t'S z_t, the logits are -β‖z_t - z_i‖²_S
     dist = np.array([[(a - b) @ S @ (a - b) for b in zn] for a in zn])

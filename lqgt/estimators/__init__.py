@@ -2,7 +2,8 @@
 
 from .base import Estimator, check_estimator
 from .kalman import KalmanFilter, LinearObserver, OpenLoopObserver
-from .transformer import TransformerFilter, TransformerFilterAttention, quadratic_embedding
+from .transformer import TransformerFilter
+from .afa import AFAEstimator, AFAFilter
 
 __all__ = ["Estimator", "check_estimator", "KalmanFilter", "LinearObserver", "OpenLoopObserver",
-           "TransformerFilter", "TransformerFilterAttention", "quadratic_embedding"]
+           "TransformerFilter", "AFAFilter", "AFAEstimator"]

@@ -1,11 +1,13 @@
 """The estimator protocol: what the closed-loop simulator asks of a state estimator.
 
-An estimator is any object with these members (no base class needed)::
+An estimator is any object with these members (no base class needed):
 
-    form: str                      # "predictor" or "current"
-    n: int                         # state dimension of its estimate
-    init(batch, *, device, dtype) -> (state, x_hat0)
-    step(state, y, u)            -> (state, x_hat)
+```text
+form: str                      # "predictor" or "current"
+n: int                         # state dimension of its estimate
+init(batch, *, device, dtype) -> (state, x_hat0)
+step(state, y, u)            -> (state, x_hat)
+```
 
 All tensors are batch-first: ``y`` is ``(B, p)``, ``u`` is ``(B, m)``, ``x_hat`` is
 ``(B, n)``. ``state`` is whatever the estimator needs (tensors, tuples, a step counter);
@@ -24,6 +26,11 @@ Optional member: ``linear_gain() -> (gain, model) | None``. An estimator that is
 fixed-gain linear observer of ``model`` (a :class:`lqgt.Plant`) returns its gain (the
 predictor gain ``L`` in predictor form, the filter gain ``Lf`` in current form); the
 simulator then runs the whole loop as one fused linear recursion (same result, faster).
+
+Optional attribute: ``feedback_gain`` (an ``(m, n)`` array, or ``None``). An estimator
+whose model includes the loop ``u = -K x̂`` (e.g. a closed-loop Transformer Filter)
+exposes that ``K``; :func:`lqgt.simulate` warns with :class:`lqgt.GainMismatchWarning`
+when it closes the loop with a different gain or a callable policy.
 """
 
 from __future__ import annotations

@@ -2,11 +2,13 @@
 
 Model (SPEC §1): ``x[t+1] = f(x[t], u[t]) + w``, ``y[t] = h(x[t]) + v``. Each step
 linearises ``f`` and ``h`` at the current estimate (Jacobians by torch autograd, see
-:meth:`lqgt.nonlinear.NonlinearPlant.jacobian_f`) and applies the Kalman equations to the linearisation::
+:meth:`lqgt.nonlinear.NonlinearPlant.jacobian_f`) and applies the Kalman equations to the linearisation:
 
-    predict:  x̄ = f(x̂, u),            P̄ = F P F' + W,            F = ∂f/∂x (x̂, u)
-    update:   S = H P̄ H' + V,          K = P̄ H' S⁻¹,              H = ∂h/∂x (x̄)
-              x̂ = x̄ + K (y − h(x̄)),   P = (I − K H) P̄ (I − K H)' + K V K'   (Joseph form)
+```text
+predict:  x̄ = f(x̂, u),            P̄ = F P F' + W,            F = ∂f/∂x (x̂, u)
+update:   S = H P̄ H' + V,          K = P̄ H' S⁻¹,              H = ∂h/∂x (x̄)
+          x̂ = x̄ + K (y − h(x̄)),   P = (I − K H) P̄ (I − K H)' + K V K'   (Joseph form)
+```
 
 and symmetrises ``P`` after every step. Timing follows :mod:`lqgt.estimators.base`.
 """

@@ -22,181 +22,41 @@ window mean. Two implementations compute the same thing:
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import numpy as np
 import scipy.linalg
 import torch
-from torch import nn
 
 from .._linalg import as_matrix, check_psd, spectral_radius, symmetrize
+from .._resources import check_memory
 from .._torch import resolve_dtype, tensor
 from ..errors import ConfigError, NonFiniteError, NotPositiveDefiniteError, ShapeError
+from ..layers.tf_attention import (
+    TransformerFilterAttention,
+    quadratic_embedding,
+    scaled_logits,
+)
 from ..plant import Plant
 from ..riccati import dlqe
 
-__all__ = ["TransformerFilter", "TransformerFilterAttention", "quadratic_embedding"]
+# TransformerFilterAttention and quadratic_embedding live in lqgt.layers (a layer, not an
+# estimator); they stay importable from here for existing code.
+__all__ = ["TransformerFilter"]
 
 IMPLS = ("kernel", "attention")
 
 
-def quadratic_embedding(z: torch.Tensor) -> torch.Tensor:
-    """The feature map ``φ(z) = [1; z; vec(z z')]``.
-
-    Parameters
-    ----------
-    z : torch.Tensor, shape (..., d)
-        Tokens.
-
-    Returns
-    -------
-    torch.Tensor, shape (..., 1 + d + d²)
-        Embedded tokens (``vec`` is row-major).
-    """
-    one = torch.ones(z.shape[:-1] + (1,), dtype=z.dtype, device=z.device)
-    quad = (z.unsqueeze(-1) * z.unsqueeze(-2)).flatten(-2)
-    return torch.cat([one, z, quad], dim=-1)
-
-
-class TransformerFilterAttention(nn.Module):
-    """One causally-masked softmax self-attention block on the quadratic embedding.
-
-    With the construction of :meth:`from_construction`,
-    ``q[t]·k[i] = β (2 z[t]'S z[i] - z[i]'S z[i])`` and ``v[i] = M z[i]``, so the block
-    equals the Gaussian-kernel smoother of the Transformer Filter. The weights are
-    ordinary ``nn.Linear`` layers (no bias) and can be trained.
-
-    Parameters
-    ----------
-    d : int
-        Token dimension.
-    n : int
-        Output (state) dimension.
-    window : int
-        Attention window ``H`` (each query sees the last ``H`` tokens, itself included).
-    """
-
-    def __init__(self, d: int, n: int, window: int) -> None:
-        super().__init__()
-        self.d, self.n, self.window = int(d), int(n), int(window)
-        e = 1 + self.d + self.d * self.d
-        self.W_q = nn.Linear(e, 1 + self.d, bias=False)
-        self.W_k = nn.Linear(e, 1 + self.d, bias=False)
-        self.W_v = nn.Linear(e, self.n, bias=False)
-
-    @classmethod
-    def from_construction(cls, M: np.ndarray, S: np.ndarray, beta: float, window: int, *, dtype=torch.float64) -> "TransformerFilterAttention":
-        """Build the block whose attention equals the kernel smoother (SPEC §3).
-
-        Parameters
-        ----------
-        M : numpy.ndarray, shape (n, d)
-            Value map, ``v[i] = M z[i]``.
-        S : numpy.ndarray, shape (d, d)
-            Distance weight (symmetric positive definite).
-        beta : float
-            Temperature β ≥ 0.
-        window : int
-            Attention window ``H``.
-        dtype : torch.dtype
-            Parameter dtype.
-
-        Returns
-        -------
-        TransformerFilterAttention
-        """
-        n, d = M.shape
-        blk = cls(d, n, window).to(dtype)
-        e = 1 + d + d * d
-        Wq = np.zeros((1 + d, e))
-        Wq[0, 0] = -beta                     # q = β [-1; 2 S z]
-        Wq[1:, 1:1 + d] = 2.0 * beta * S
-        Wk = np.zeros((1 + d, e))
-        Wk[0, 1 + d:] = S.reshape(-1)        # k = [z'Sz; z]  (vec(S)·vec(zz') = z'Sz)
-        Wk[1:, 1:1 + d] = np.eye(d)
-        Wv = np.zeros((n, e))
-        Wv[:, 1:1 + d] = M                   # v = M z
-        with torch.no_grad():
-            for lin, W in ((blk.W_q, Wq), (blk.W_k, Wk), (blk.W_v, Wv)):
-                lin.weight.copy_(torch.as_tensor(W, dtype=dtype))
-        return blk
-
-    def project(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Queries, keys and values of tokens ``z`` ``(..., d)``: shapes ``(..., 1+d)``, ``(..., 1+d)``, ``(..., n)``.
-
-        Parameters
-        ----------
-        z : torch.Tensor, shape (..., d)
-            Tokens ``[x̃; y]``.
-
-        Returns
-        -------
-        q, k, v : torch.Tensor
-            Queries, keys and values.
-        """
-        phi = quadratic_embedding(z)
-        return self.W_q(phi), self.W_k(phi), self.W_v(phi)
-
-    @staticmethod
-    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Softmax attention with max-subtraction.
-
-        Parameters
-        ----------
-        q : torch.Tensor, shape (B, Tq, e)
-            Queries.
-        k : torch.Tensor, shape (B, Tk, e)
-            Keys.
-        v : torch.Tensor, shape (B, Tk, n)
-            Values.
-        mask : torch.Tensor of bool, shape (Tq, Tk) or (B, Tq, Tk), optional
-            ``True`` where a key may be attended to.
-
-        Returns
-        -------
-        out : torch.Tensor, shape (B, Tq, n)
-        weights : torch.Tensor, shape (B, Tq, Tk)
-        """
-        logits = q @ k.transpose(-1, -2)
-        if mask is not None:
-            logits = logits.masked_fill(~mask, -math.inf)
-        logits = logits - logits.amax(dim=-1, keepdim=True)
-        w = torch.exp(logits)
-        w = w / w.sum(dim=-1, keepdim=True)
-        return w @ v, w
-
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Causal windowed self-attention over a token sequence.
-
-        Parameters
-        ----------
-        z : torch.Tensor, shape (B, T, d)
-            Tokens ``z[0] … z[T-1]``.
-
-        Returns
-        -------
-        out : torch.Tensor, shape (B, T, n)
-            ``out[:, t] = Σ_i α[t, i] v[i]`` over ``i = max(0, t-H+1) … t`` (the next estimate).
-        weights : torch.Tensor, shape (B, T, T)
-            The attention weights ``α[t, i]`` (zero outside the window).
-        """
-        q, k, v = self.project(z)
-        T = z.shape[-2]
-        idx = torch.arange(T, device=z.device)
-        lag = idx[:, None] - idx[None, :]
-        mask = (lag >= 0) & (lag < self.window)
-        return self.attend(q, k, v, mask)
-
-
 class TransformerFilter:
-    """The Transformer Filter: a softmax-attention state estimator with temperature β.
+    """The Transformer Filter: a softmax-attention state estimator with inverse temperature β.
 
     Parameters
     ----------
     plant : Plant
         The model; its Kalman predictor gain ``L`` (from :func:`lqgt.dlqe`) defines ``M``.
     beta : float
-        Temperature β ≥ 0 (larger: closer to the Kalman predictor).
+        Inverse temperature β ≥ 0 (larger: sharper attention, closer to the Kalman predictor).
     window : int
         History window ``H`` ≥ 1 (tokens ``max(0, t-H+1) … t``).
     K : array_like, shape (m, n), optional
@@ -262,6 +122,15 @@ class TransformerFilter:
         self.compile = bool(compile)
         self._power_sum: float | None = None
 
+    @property
+    def feedback_gain(self) -> np.ndarray | None:
+        """The gain ``K`` of the loop ``u = -K x̃`` this filter assumes (``None``: exogenous input).
+
+        :func:`lqgt.simulate` warns (:class:`lqgt.GainMismatchWarning`) when it closes the
+        loop with another ``K``.
+        """
+        return self.K
+
     def __repr__(self) -> str:
         mode = "closed-loop" if self.closed_loop else "exogenous-u"
         return f"TransformerFilter(beta={self.beta:g}, window={self.window}, {mode}, impl={self.impl!r})"
@@ -312,12 +181,30 @@ class TransformerFilter:
         -------
         float
             β ≥ 0 (``0`` when ``H = 1``).
+
+        Raises
+        ------
+        ConfigError
+            ``eps`` not a positive finite number, or so small that β exceeds the float
+            range (the message gives the order of β and the smallest usable ``eps``).
         """
-        if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+        if isinstance(eps, bool) or not (isinstance(eps, (int, float, np.integer, np.floating))
+                                         and math.isfinite(eps) and eps > 0):
             raise ConfigError(f"eps must be a positive finite number, got {eps!r}")
         tf = cls(plant, beta=1.0, window=window, K=K, S=S)
         c = tf.error_bound() * math.sqrt(2.0 * math.e)  # ε(β) = c / sqrt(2 e β) with β = 1
-        return (c / eps) ** 2 / (2.0 * math.e)
+        if c == 0.0:
+            return 0.0
+        if not math.isfinite(c):
+            raise ConfigError("no finite β certifies any eps: the error recursion is not stable "
+                              "(the certificate's power sum diverges)")
+        # in logarithms: (c / eps)² overflows for tiny eps long before the answer is meaningless
+        log_beta = 2.0 * (math.log(c) - math.log(float(eps))) - math.log(2.0 * math.e)
+        if log_beta > math.log(sys.float_info.max):
+            raise ConfigError(f"eps={eps!r} is too small: the certificate needs β ≈ 10^{log_beta / math.log(10):.0f}, "
+                              f"beyond the largest float ({sys.float_info.max:.3g}); ask for eps >= "
+                              f"{c / math.sqrt(2.0 * math.e * sys.float_info.max):.3g}")
+        return math.exp(log_beta)
 
     # ------------------------------------------------------------------ estimator protocol
     def init(self, batch: int, *, device: torch.device, dtype: torch.dtype) -> tuple[Any, torch.Tensor]:
@@ -338,9 +225,17 @@ class TransformerFilter:
             Time-major ring buffers ``(H, B, ·)`` and the step counter.
         x_hat0 : torch.Tensor, shape (B, n)
         """
+        return self._init(batch, device, dtype, self.window)
+
+    def _init(self, batch: int, device, dtype, H: int):
+        """:meth:`init` with ring buffers of ``H`` slots (``H < window`` is exact for runs of ``H`` steps)."""
         dtype = resolve_dtype(dtype)
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        width = (1 + self.d + self.n) if self.impl == "attention" else self.d
+        check_memory(f"the Transformer Filter's window buffers (window={H}, batch={batch}, token width {width})",
+                     float(H) * batch * (width + 4) * itemsize, device,
+                     hint="use a smaller window or batch")
         x0 = tensor(self.plant.m0, device, dtype).expand(batch, -1).clone()
-        H = self.window
         # β beyond float32's range would become inf and give inf·0 on the self-token;
         # 1e30 is already "infinite" for any token distance representable in float32.
         beta = min(self.beta, 1e30) if dtype == torch.float32 else self.beta
@@ -391,7 +286,7 @@ class TransformerFilter:
         else:
             (blk,) = params
             q, k, v = blk.project(z)
-            x_next, w = core(keys, values, q, k, v, slot, mask)
+            x_next, w = core(keys, values, q, k, v, slot, mask, blk.scale)
         return x_next, w, (x_next, keys, values, t + 1, params, core, masks)
 
     def attention_module(self, dtype: torch.dtype = torch.float64) -> TransformerFilterAttention:
@@ -427,6 +322,16 @@ class TransformerFilter:
             ``x̃[0] … x̃[T]``.
         weights : torch.Tensor, shape (B, T, T) (or (T, T))
             ``α[t, i]``, zero outside ``max(0, t-H+1) ≤ i ≤ t``.
+
+        Raises
+        ------
+        ShapeError
+            ``y`` or ``u`` of the wrong shape, or ``u`` missing for an exogenous-input filter.
+        NonFiniteError
+            NaN or infinity in ``y``, or in ``u`` where it is used (exogenous input).
+        ResourceError
+            The ``(B, T, T)`` weights or the window buffers would not fit in memory (the
+            message gives the estimate).
         """
         dt = resolve_dtype(dtype)
         y_t = torch.as_tensor(y).to(dtype=dt)
@@ -449,11 +354,16 @@ class TransformerFilter:
                 u_t = u_t.unsqueeze(0)
             if tuple(u_t.shape) != (B, T, self.plant.m):
                 raise ShapeError(f"u has shape {tuple(torch.as_tensor(u).shape)}, expected ({T}, {self.plant.m}) or ({B}, {T}, {self.plant.m})")
-        state, x = self.init(B, device=dev, dtype=dt)
+            if not self.closed_loop and not bool(torch.isfinite(u_t).all()):
+                raise NonFiniteError("u contains NaN or infinite entries")
+        itemsize = torch.empty((), dtype=dt).element_size()
+        check_memory(f"the attention weights returned by run ({B} x {T} x {T} for batch={B}, T={T})",
+                     float(B) * T * T * itemsize, dev, hint="run shorter sequences, or fewer at a time")
+        H = min(self.window, T)  # a window longer than the run sees the same tokens with a shorter ring
+        state, x = self._init(B, dev, dt, H)
         xs = torch.empty(B, T + 1, self.n, dtype=dt, device=dev)
         xs[:, 0] = x
         weights = torch.zeros(B, T, T, dtype=dt, device=dev)
-        H = self.window
         for t in range(T):
             x_next, w, state = self._advance(state, y_t[:, t], u_t[:, t])
             lo = max(0, t - H + 1)
@@ -468,7 +378,11 @@ class TransformerFilter:
 def _check_beta(beta) -> float:
     if isinstance(beta, (bool, str)) or not isinstance(beta, (int, float, np.integer, np.floating)):
         raise ConfigError(f"beta must be a real number, got {beta!r}")
-    b = float(beta)
+    try:
+        b = float(beta)
+    except OverflowError:
+        raise ConfigError(f"beta must be a finite number >= 0 (at most {sys.float_info.max:.3g}), got an integer "
+                          f"with {len(str(abs(int(beta))))} digits") from None
     if not math.isfinite(b) or b < 0:
         raise ConfigError(f"beta must be a finite number >= 0, got {beta!r}")
     return b
@@ -536,18 +450,23 @@ def _bound_constant(plant, L, K, M, S) -> float:
 
 
 class _StartupMasks:
-    """Ring-slot index and additive start-up mask ``(H, 1)`` (``-inf`` on slots not yet written)."""
+    """Ring-slot index and additive start-up mask ``(H, 1)`` (``-inf`` on slots not yet written).
+
+    The mask of step ``t < H`` is made when asked for (``O(H)`` memory, not the ``H × H``
+    table of every start-up step); from ``t = H - 1`` on it is all zeros.
+    """
 
     def __init__(self, H: int, device, dtype) -> None:
         self.H = H
-        self.slots = ar = torch.arange(H, device=device)
-        full = torch.zeros(H, H, 1, device=device, dtype=dtype)
-        full.masked_fill_((ar[None, :] > ar[:, None]).unsqueeze(-1), -math.inf)
-        self.masks = full  # masks[t] for t < H; masks[H-1] is all zeros
+        self.slots = torch.arange(H, device=device)
+        self.zeros = torch.zeros(H, 1, device=device, dtype=dtype)
+        self._neg = torch.full((H, 1), -math.inf, device=device, dtype=dtype)
 
     def get(self, t: int):
         slot = self.slots[t % self.H: t % self.H + 1]
-        return slot, self.masks[min(t, self.H - 1)]
+        if t >= self.H - 1:
+            return slot, self.zeros
+        return slot, torch.where(self.slots[:, None] > t, self._neg, self.zeros)
 
 
 def _kernel_core(keys, kz, slot, mask, beta: float, MRt):
@@ -559,12 +478,16 @@ def _kernel_core(keys, kz, slot, mask, beta: float, MRt):
     return (w.unsqueeze(-1) * keys).sum(0) @ MRt, w
 
 
-def _attention_core(keys, values, q, k, v, slot, mask):
-    """Softmax attention step with a time-major key/value cache; returns ``x̃[t+1]`` and ``α`` ``(H, B)``."""
+def _attention_core(keys, values, q, k, v, slot, mask, scale: float):
+    """Softmax attention step with a time-major key/value cache; returns ``x̃[t+1]`` and ``α`` ``(H, B)``.
+
+    The logits ``q·k`` are β-free; β multiplies them after the maximum is subtracted
+    (:func:`lqgt.layers.tf_attention.scaled_logits`), so a huge β cannot overflow.
+    """
     keys.index_copy_(0, slot, k.unsqueeze(0))
     values.index_copy_(0, slot, v.unsqueeze(0))
     logits = (keys * q).sum(-1) + mask
-    w = torch.softmax(logits, dim=0)  # softmax subtracts the max (the logits are β-scaled)
+    w = torch.softmax(scaled_logits(logits - logits.amax(dim=0, keepdim=True), scale), dim=0)
     return (w.unsqueeze(-1) * values).sum(0), w
 
 

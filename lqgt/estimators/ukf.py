@@ -6,12 +6,14 @@ with ``λ = α²(n + κ) − n`` and ``L L' = (n + λ) P`` (Cholesky, lower),
     χ₀ = x,  χᵢ = x + L[:, i−1],  χₙ₊ᵢ = x − L[:, i−1]                  (i = 1 … n)
     Wm₀ = λ / (n + λ),  Wc₀ = Wm₀ + 1 − α² + β,  Wmᵢ = Wcᵢ = 1 / (2(n + λ))
 
-Each step (additive noise, sigma points redrawn after the prediction, as filterpy does)::
+Each step (additive noise, sigma points redrawn after the prediction, as filterpy does):
 
-    predict:  χ = σ(x̂, P),  x̄ = Σ Wm f(χ, u),  P̄ = Σ Wc (f(χ) − x̄)(f(χ) − x̄)' + W
-    update:   χ = σ(x̄, P̄),  ŷ = Σ Wm h(χ),   S = Σ Wc (h(χ) − ŷ)(h(χ) − ŷ)' + V
-              Pxy = Σ Wc (χ − x̄)(h(χ) − ŷ)',  K = Pxy S⁻¹
-              x̂ = x̄ + K (y − ŷ),  P = P̄ − K S K'  (symmetrised)
+```text
+predict:  χ = σ(x̂, P),  x̄ = Σ Wm f(χ, u),  P̄ = Σ Wc (f(χ) − x̄)(f(χ) − x̄)' + W
+update:   χ = σ(x̄, P̄),  ŷ = Σ Wm h(χ),   S = Σ Wc (h(χ) − ŷ)(h(χ) − ŷ)' + V
+          Pxy = Σ Wc (χ − x̄)(h(χ) − ŷ)',  K = Pxy S⁻¹
+          x̂ = x̄ + K (y − ŷ),  P = P̄ − K S K'  (symmetrised)
+```
 """
 
 from __future__ import annotations

@@ -8,11 +8,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .estimators.kalman import KalmanFilter
-from .estimators.transformer import TransformerFilter
-from .lqg import lqg
-from .plant import Plant
-from .simulate import _half_width95, simulate
+from ..estimators.kalman import KalmanFilter
+from ..estimators.transformer import TransformerFilter
+from ..lqg import lqg
+from ..plant import Plant
+from ..simulate import _half_width95, simulate
 
 __all__ = ["BetaSweep", "beta_sweep"]
 
@@ -24,7 +24,7 @@ class BetaSweep:
     Attributes
     ----------
     betas : numpy.ndarray, shape (k,)
-        Temperatures.
+        Inverse temperatures β (larger β sharpens the attention).
     cost : numpy.ndarray, shape (k,)
         Monte Carlo average cost of the TF controller.
     gap : numpy.ndarray, shape (k,)
@@ -74,6 +74,11 @@ def beta_sweep(
     dtype: torch.dtype | None = None,
     impl: str = "kernel",
     progress: bool = False,
+    chunk: int | None = None,
+    backend: str = "local",
+    address: str | None = None,
+    gpus_per_task: float = 0,
+    results=None,
 ) -> BetaSweep:
     """Closed-loop cost gap and estimation error of the Transformer Filter controller versus β.
 
@@ -90,7 +95,7 @@ def beta_sweep(
     R : array_like, shape (m, m)
         Input weight.
     betas : sequence of float
-        Temperatures to evaluate.
+        Inverse temperatures β to evaluate.
     window : int
         History window ``H``.
     S : array_like or "whiten", optional
@@ -111,6 +116,19 @@ def beta_sweep(
         Transformer Filter implementation.
     progress : bool
         Show a progress bar.
+    chunk : int, optional
+        Trajectories per task. When given (or with ``backend="ray"`` or ``results``) the
+        batch is split into chunks run through :func:`lqgt.sweep.run`, each on its own
+        derived seed, and the statistics are merged exactly; otherwise one simulation
+        with ``seed`` runs in this process.
+    backend : {"local", "ray"}
+        Backend of :func:`lqgt.sweep.run`.
+    address : str, optional
+        Ray cluster address (``"auto"``), see :func:`lqgt.sweep.run`.
+    gpus_per_task : float
+        GPUs per Ray task.
+    results : str or pathlib.Path, optional
+        Results file of the chunks (resumable), see :func:`lqgt.sweep.run`.
 
     Returns
     -------
@@ -118,6 +136,11 @@ def beta_sweep(
     """
     design = lqg(plant, Q, R)
     betas = np.asarray([float(b) for b in betas])
+    if chunk is not None or backend != "local" or results is not None:
+        return _chunked(plant, Q, R, design, betas, window=window, S=S, batch=batch, horizon=horizon,
+                        burn_in=burn_in, seed=seed, device=device, dtype=dtype, impl=impl, progress=progress,
+                        chunk=chunk, backend=backend, address=address, gpus_per_task=gpus_per_task,
+                        results=results)
     ests: dict[str, Any] = {"lqg": KalmanFilter(plant, form="predictor")}
     tfs = []
     for i, b in enumerate(betas):
@@ -145,4 +168,61 @@ def beta_sweep(
         cost_lqg_exact=design.cost_predictor, error_max=err_max, error_mean=err_mean, bound=bound,
         settings=dict(window=window, batch=batch, horizon=horizon, burn_in=burn_in, seed=seed,
                       device=str(device), impl=impl),
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class _BetaChunk:
+    """Sweep task of a chunked β-sweep: per-trajectory costs, gaps and sup errors of every β."""
+
+    plant: Plant
+    Q: np.ndarray
+    R: np.ndarray
+    K: np.ndarray
+    betas: tuple
+    window: int
+    S: Any
+    horizon: int
+    burn_in: int
+    dtype: Any
+    impl: str
+
+    def __call__(self, point, *, trajectories, seed, device):
+        ests: dict[str, Any] = {"lqg": KalmanFilter(self.plant, form="predictor")}
+        for i, b in enumerate(self.betas):
+            ests[f"tf{i}"] = TransformerFilter(self.plant, beta=b, window=self.window, K=self.K, S=self.S,
+                                               impl=self.impl)
+        res = simulate(self.plant, self.K, ests, Q=self.Q, R=self.R, horizon=self.horizon, batch=trajectories,
+                       seed=seed, device=device, dtype=self.dtype, burn_in=self.burn_in)
+        ref = res.cost_per_trajectory["lqg"]
+        out = {"cost_lqg": ref}
+        for i in range(len(self.betas)):
+            c = res.cost_per_trajectory[f"tf{i}"]
+            out[f"cost_{i}"], out[f"gap_{i}"] = c, c - ref
+            out[f"err_{i}"] = (res.x_hat[f"tf{i}"] - res.x_hat["lqg"]).norm(dim=-1).amax(dim=1)
+        return out
+
+
+def _chunked(plant, Q, R, design, betas, *, window, S, batch, horizon, burn_in, seed, device, dtype, impl,
+             progress, chunk, backend, address, gpus_per_task, results) -> BetaSweep:
+    from .grid import Grid
+    from .run import run
+
+    task = _BetaChunk(plant, np.asarray(Q, float), np.asarray(R, float), design.K, tuple(float(b) for b in betas),
+                      window, S, horizon, burn_in, dtype, impl)
+    tab = run(task, Grid(window=[int(window)]), trajectories=batch, chunk=chunk, seed=seed, backend=backend,
+              address=address, gpus_per_task=gpus_per_task, device=str(device or "cpu"), results=results,
+              progress=progress)
+    k = len(betas)
+    m = {name: ms[0] for name, ms in tab.metrics.items()}
+    gap_ci = np.array([m[f"gap_{i}"].ci95 for i in range(k)]).reshape(k, 2)
+    bound = np.array([TransformerFilter(plant, beta=b, window=window, K=design.K, S=S, impl=impl).error_bound()
+                      for b in betas])
+    return BetaSweep(
+        betas=betas, cost=np.array([m[f"cost_{i}"].mean for i in range(k)]),
+        gap=np.array([m[f"gap_{i}"].mean for i in range(k)]), gap_ci=gap_ci, cost_lqg=m["cost_lqg"].mean,
+        cost_lqg_exact=design.cost_predictor, error_max=np.array([m[f"err_{i}"].max for i in range(k)]),
+        error_mean=np.array([m[f"err_{i}"].mean for i in range(k)]), bound=bound,
+        settings=dict(window=window, batch=batch, horizon=horizon, burn_in=burn_in, seed=seed, device=str(device),
+                      impl=impl, chunk=tab.settings["chunk"], backend=backend),
     )
