@@ -107,23 +107,16 @@ def factories(args) -> dict:
         return lqgt.TransformerEstimator(model.n, model.m, model.p, **size, seed=seed)
 
     out = {"TransformerEstimator": te}
-    for name in ("TrainableTransformerFilter", "KalmanNet"):
-        cls = getattr(lqgt, name, None)
-        if cls is None:
-            continue
 
-        def make(model, K, seed, cls=cls):
-            kw = {}
-            if _accepts(cls, "K"):
-                kw["K"] = K
-            if _accepts(cls, "seed"):
-                kw["seed"] = seed
-            if _accepts(cls, "window"):
-                kw["window"] = size["window"]
-            torch.manual_seed(seed)
-            return cls(model, **kw)
+    def ttf(model, K, seed):
+        # starts as the Transformer Filter of the (nominal) model at a moderate beta, then learns
+        return lqgt.TrainableTransformerFilter.from_construction(model, beta=args.tf_beta, window=size["window"], K=K)
 
-        out[name] = make
+    def knet(model, K, seed):
+        return lqgt.KalmanNet(model, hidden=8 if args.quick else 32, seed=seed)
+
+    out["TrainableTransformerFilter"] = ttf
+    out["KalmanNet"] = knet
     return {k: v for k, v in out.items() if not args.estimators or k in args.estimators}
 
 
@@ -132,6 +125,24 @@ def train(est, data, args, seed: int, name: str = ""):
     steps = args.estimator_steps.get(name, args.steps)
     return fit(est, data, loss="state_mse", steps=steps, lr=args.lr, batch=args.batch, device=args.dev,
                dtype=args.dt, progress=False, seed=seed, schedule="cosine", warmup=min(100, steps // 10))
+
+
+def train_in_loop(est, true, K, data, args, seed: int, name: str = ""):
+    """Train ``est``, then ``--loop-rounds`` rounds of data aggregation (DAgger): roll the true plant out
+    with ``est`` itself closing the loop ``u = -K x̂``, add those trajectories to the data, train on.
+
+    Trained only on trajectories where another estimator closed the loop, a learned estimator can
+    read the state from ``u[t-1]`` (which encodes that estimator's estimate): a shortcut that turns
+    into a feedback instability once its own estimates drive ``u``. Training on its own loop
+    removes the shortcut.
+    """
+    log = train(est, data, args, seed, name)
+    for r in range(args.loop_rounds):
+        own = rollouts(true, K, horizon=args.horizon, batch=args.data_batch, seed=10_000 * (r + 1) + seed,
+                       device=args.dev, dtype=args.dt, estimator=est, kalman=False, dither=args.dither)
+        data = Rollouts.concat([data, own])
+        log = train(est, data, args, seed + 1000 * (r + 1), name)
+    return log
 
 
 # ------------------------------------------------------------------------------------ statistics
@@ -154,8 +165,9 @@ def fmt(s: dict, spec: str = "+.3f", scale: float = 1.0, unit: str = "") -> str:
 # ------------------------------------------------------------------------------------ experiments
 def matched(args, makers) -> dict:
     T = args.horizon
-    problems = {pname: lqgt.plants.get(pname) for pname in MATCHED_PLANTS}
-    runs = {(pname, ename): [] for pname in MATCHED_PLANTS for ename in makers}
+    names = args.plants or MATCHED_PLANTS
+    problems = {pname: lqgt.plants.get(pname) for pname in names}
+    runs = {(pname, ename): [] for pname in names for ename in makers}
     deadline = time.perf_counter() + args.budget["matched"]
     for s in range(args.seeds):  # seeds outermost: a time budget cuts every configuration alike
         for pname, (plant, Q, R) in problems.items():
@@ -220,9 +232,9 @@ def mismatch(args, makers) -> dict:
                     continue
                 t0 = time.perf_counter()
                 data = rollouts(true, K, horizon=T, batch=args.data_batch, seed=s, device=args.dev, dtype=args.dt,
-                                estimator=lqgt.KalmanFilter(nominal), kalman=False)
+                                estimator=lqgt.KalmanFilter(nominal), kalman=False, dither=args.dither)
                 est = make(nominal, K, s)
-                train(est, data, args, s, name=ename)
+                train_in_loop(est, true, K, data, args, s, name=ename)
                 t_train = time.perf_counter() - t0
                 ev = evaluate(est, true, K, Q, R, horizon=T, batch=args.eval_batch, seed=EVAL_SEED + s,
                               kalman=lqgt.KalmanFilter(true, est.form, steady=False),
@@ -367,6 +379,9 @@ def main(argv=None) -> None:
     ap.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=EXPERIMENTS)
     ap.add_argument("--estimators", nargs="*", default=[], help="subset of estimator class names")
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--tf-beta", type=float, default=10.0, help="initial beta of the TrainableTransformerFilter")
+    ap.add_argument("--plants", nargs="*", default=[], choices=MATCHED_PLANTS,
+                    help="matched: a subset of the plants (run subsets as parallel processes)")
     ap.add_argument("--steps", type=int, default=3000, help="training steps (matched, mismatch)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch", type=int, default=256)
@@ -385,6 +400,10 @@ def main(argv=None) -> None:
                     help="seconds for all selected experiments (matched 50%%, mismatch 25%%, incontext 25%%, "
                          "renormalised); runs past an experiment's share are skipped and reported as fewer seeds")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--dither", type=float, default=0.3,
+                    help="mismatch: std of the exploration signal added to u in the training data")
+    ap.add_argument("--loop-rounds", type=int, default=1,
+                    help="mismatch: rounds of training on the estimator's own closed loop (DAgger)")
     args = ap.parse_args(argv)
     args.estimator_steps = {k: int(v) for k, v in (kv.split("=") for kv in args.estimator_steps.split(",") if kv)}
     share = {"matched": 0.5, "mismatch": 0.25, "incontext": 0.25}
@@ -392,7 +411,8 @@ def main(argv=None) -> None:
     args.budget = {e: args.time_budget * share[e] / tot for e in args.experiments}
     torch.set_num_threads(args.threads)
     if args.quick:
-        args.seeds, args.steps, args.batch, args.lr, args.horizon = min(args.seeds, 2), 60, 32, 3e-3, 40
+        args.seeds, args.batch, args.lr, args.horizon = min(args.seeds, 2), 32, 3e-3, 40
+        args.steps = 60 if args.steps == 3000 else args.steps
         args.data_batch, args.eval_batch = 256, 200
         args.ic_systems, args.ic_per_system, args.ic_horizon, args.ic_steps = 40, 8, 30, 60
         args.ic_held_out, args.ic_eval_batch = 6, 100

@@ -6,6 +6,8 @@ from .estimators.ekf import ExtendedKalmanFilter
 from .estimators.ukf import UnscentedKalmanFilter
 from .estimators.learned import LearnedEstimator, load_estimator
 from .estimators.transformer_estimator import TransformerEstimator
+from .estimators.kalmannet import KalmanNet
+from .estimators.trainable_tf import TrainableTransformerFilter
 from . import learn
 from .koopman import KoopmanFilter, KoopmanLQR, fit_edmdc
 from .nonlinear import NonlinearPlant
@@ -86,4 +88,6 @@ __all__ = [
     "load_estimator",
     "LearnedEstimator",
     "TransformerEstimator",
+    "KalmanNet",
+    "TrainableTransformerFilter",
 ]

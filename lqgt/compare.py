@@ -68,14 +68,16 @@ ESTIMATOR_TYPES: dict[str, tuple[str, ...]] = {
     "observer": ("gain", "form"),
     "transformer": ("beta", "window", "S", "impl", "closed_loop"),
     "learned": ("checkpoint",),
+    "afa": ("form", "window", "nu", "attention", "robust"),
 }
+_ATTENTION_FORMS = ("tensor", "isotropic", "matrix")
 _FORMS = ("current", "predictor")
 _IMPLS = ("kernel", "attention")
 _DTYPES = ("float64", "float32")
 _TOP_KEYS = ("title", "plant", "cost", "estimators", "simulation", "plot", "run")
 _RUN_KEYS = ("backend", "chunk", "address", "gpus_per_task", "results")
 _PLANT_MATRICES = ("A", "B", "C", "W", "V", "D", "m0", "P0", "dt")
-_SIM_KEYS = ("batch", "horizon", "burn_in", "seed", "device", "dtype")
+_SIM_KEYS = ("batch", "horizon", "burn_in", "seed", "device", "dtype", "outliers")
 _PLOT_KEYS = ("state", "input", "state_label", "input_label", "k")
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -99,6 +101,8 @@ class SimulationSettings:
         ``"cpu"`` (default), ``"cuda"`` or ``"cuda:N"``.
     dtype : str
         ``"float64"`` (default) or ``"float32"``.
+    outliers : tuple of (float, float) or None
+        Contaminated measurement noise ``(probability, scale)`` (see :func:`lqgt.simulate`).
     """
 
     batch: int = 1000
@@ -107,6 +111,7 @@ class SimulationSettings:
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float64"
+    outliers: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -215,6 +220,12 @@ class EstimatorSpec:
                 return OpenLoopObserver(plant)
             if self.type == "observer":
                 return LinearObserver(plant, o["gain"], o.get("form", "predictor"))
+            if self.type == "afa":
+                from .estimators.afa import AFAFilter
+
+                return AFAFilter(plant, window=o.get("window", 32), nu=o.get("nu", 4.0),
+                                 form=o.get("attention", "tensor"), robust=o.get("robust", True),
+                                 timing=o.get("form", "current"))
             if self.type == "learned":
                 return _learned_estimator(o["checkpoint"], plant, _key("estimators", self.name, "checkpoint"))
             return TransformerFilter(plant, beta=o.get("beta", 50.0), window=o.get("window", 32),
@@ -508,6 +519,14 @@ def _estimator_entry(name: str, t: Any, plant) -> EstimatorSpec:
         o["impl"] = _choice(t["impl"], k("impl"), _IMPLS)
     if "closed_loop" in t:
         o["closed_loop"] = _bool(t["closed_loop"], k("closed_loop"))
+    if "nu" in t:
+        o["nu"] = _real(t["nu"], k("nu"), lo=0.0)
+        if o["nu"] <= 0:
+            raise ConfigError(f"{k('nu')} (Student-t degrees of freedom) must be > 0, got {o['nu']}")
+    if "attention" in t:
+        o["attention"] = _choice(t["attention"], k("attention"), _ATTENTION_FORMS)
+    if "robust" in t:
+        o["robust"] = _bool(t["robust"], k("robust"))
     if typ == "learned":
         ck = t.get("checkpoint")
         if not isinstance(ck, str) or not ck:
@@ -549,6 +568,14 @@ def _simulation_section(t: dict) -> SimulationSettings:
         kw["device"] = check_device(t["device"], "simulation.device")
     if "dtype" in t:
         kw["dtype"] = _choice(t["dtype"], "simulation.dtype", _DTYPES)
+    if "outliers" in t:
+        v = t["outliers"]
+        if not (isinstance(v, list) and len(v) == 2 and all(_is_num(x) for x in v)):
+            raise ConfigError(f"simulation.outliers must be [probability, scale], e.g. [0.05, 10.0]; {_got(v)}")
+        prob, scale = float(v[0]), float(v[1])
+        if not (0.0 <= prob <= 1.0) or not scale > 0:
+            raise ConfigError(f"simulation.outliers = {v}: probability must be in [0, 1] and scale > 0")
+        kw["outliers"] = (prob, scale)
     return SimulationSettings(**kw)
 
 
@@ -791,6 +818,9 @@ def run_compare(cfg: CompareConfig, out: str | Path = "lqgt-compare", *, progres
     plant, Q, R, sim = cfg.plant, cfg.Q, cfg.R, cfg.simulation
     design, ests = build(cfg)
     exact = {name: exact_cost(plant, Q, R, design.K, est) for name, est in ests.items()}
+    if sim.outliers is not None:
+        # exact costs assume Gaussian noise: with outliers every row is scored by Monte Carlo
+        exact = dict.fromkeys(exact)
     # the LQG optimum: current form, or predictor form where D != 0 forbids the current form
     current_ok = not plant.has_feedthrough
     optimum = design.cost if current_ok else design.cost_predictor
@@ -812,7 +842,7 @@ def run_compare(cfg: CompareConfig, out: str | Path = "lqgt-compare", *, progres
         res, diffs = _chunked_costs(cfg, list(ests), ref, out, progress)
     else:
         res = simulate(plant, design.K, ests, Q=Q, R=R, horizon=sim.horizon, batch=sim.batch, burn_in=sim.burn_in,
-                       seed=sim.seed, device=sim.device, dtype=sim.dtype, progress=progress)
+                       seed=sim.seed, device=sim.device, dtype=sim.dtype, outliers=sim.outliers, progress=progress)
         diffs = None
     t_sim = time.perf_counter() - t_sim
 
@@ -846,6 +876,10 @@ def run_compare(cfg: CompareConfig, out: str | Path = "lqgt-compare", *, progres
             f"LQG optimum J* = {optimum:.6g} (exact, Kalman {opt_form} form). Every row has an exact cost "
             f"(lqgt.lqg_cost); MC over {sim.batch} trajectories, steps {sim.burn_in}..{sim.horizon - 1}, "
             f"seed {sim.seed}.\n")
+    if sim.outliers is not None:
+        note += (f"Measurement outliers: with probability {sim.outliers[0]:g} a measurement's noise is scaled by "
+                 f"{sim.outliers[1]:g}; no exact costs (they assume Gaussian noise), J* is the Gaussian optimum and "
+                 "every gap is J* + MC − MC of the LQG row on the same noise.\n")
     print("\n" + table + "\n" + note, file=stream, flush=True)
 
     ps = cfg.plot
@@ -917,7 +951,7 @@ class _CompareChunk:
         sim = cfg.simulation
         res = simulate(cfg.plant, design.K, {nm: ests[nm] for nm in self.names}, Q=cfg.Q, R=cfg.R,
                        horizon=sim.horizon, batch=trajectories, burn_in=sim.burn_in, seed=seed, device=device,
-                       dtype=sim.dtype, store=False, progress=False)
+                       dtype=sim.dtype, outliers=sim.outliers, store=False, progress=False)
         c = res.cost_per_trajectory
         out = {}
         for i, nm in enumerate(self.names):
@@ -951,7 +985,7 @@ def _chunked_costs(cfg: CompareConfig, names: list, ref: str, out: Path, progres
         ests[ref] = KalmanFilter(cfg.plant, "predictor" if cfg.plant.has_feedthrough else "current")
     small = simulate(cfg.plant, design.K, {nm: ests[nm] for nm in names}, Q=cfg.Q, R=cfg.R, horizon=sim.horizon,
                      batch=min(sim.batch, 256), burn_in=sim.burn_in, seed=sim.seed, device=sim.device,
-                     dtype=sim.dtype, progress=False)
+                     dtype=sim.dtype, outliers=sim.outliers, progress=False)
     settings = dict(small.settings, batch=sim.batch, backend=rs.backend, chunk=tab.settings["chunk"],
                     trajectories_plotted=min(sim.batch, 256))
     res = SimulationResult(cost=cost, cost_ci=ci, cost_per_trajectory={}, x=small.x, x_hat=small.x_hat, u=small.u,

@@ -459,3 +459,19 @@ def test_output_prediction_training_reaches_the_kalman_predictor():
     kf = float((test.kalman("predictor") @ C.T - test.y[:, 1:]).square().sum(-1).mean())
     assert 10 * math.log10(before / kf) > 1.0
     assert 10 * math.log10(learned / kf) < 0.3, (before, learned, kf)
+
+
+def test_rollouts_dither_is_the_applied_input():
+    """With dither, the returned u is what entered the plant (x[t+1] = A x + B u exactly when W = 0)."""
+    import numpy as np
+
+    A = np.array([[0.9, 0.2], [0.0, 0.8]])
+    plant = lqgt.Plant(A, [[0.0], [1.0]], [[1.0, 0.0]], W=np.zeros((2, 2)), V=[[0.1]])
+    K = np.array([[0.3, 0.4]])
+    data = lqgt.learn.rollouts(plant, K, horizon=30, batch=8, seed=0, dither=0.5, kalman=False)
+    x, u = data.x.numpy(), data.u.numpy()
+    assert np.allclose(x[:, 1:], x[:, :-1] @ A.T + u[:, :-1] @ np.array([[0.0, 1.0]]), atol=1e-12)
+    plain = lqgt.learn.rollouts(plant, K, horizon=30, batch=8, seed=0, kalman=False)
+    assert 0.3 < float((data.u - plain.u)[:, 0].std()) < 0.7          # the dither is there, at its scale
+    with pytest.raises(lqgt.errors.ConfigError, match="dither"):
+        lqgt.learn.rollouts(plant, K, horizon=5, batch=2, dither=-1.0)

@@ -279,3 +279,24 @@ def test_compare_on_ray_equals_local_chunks(ray_local, tmp_path):
                     stream=io.StringIO())
     assert [r["mc_cost"] for r in a["estimators"]] == [r["mc_cost"] for r in b["estimators"]]
     assert [r["gap_to_optimum"] for r in a["estimators"]] == [r["gap_to_optimum"] for r in b["estimators"]]
+
+
+def test_compare_afa_type_with_outliers(tmp_path):
+    """`type = "afa"` and `simulation.outliers`: robust AFA beats the Kalman loop under outliers."""
+    import io
+
+    from lqgt.compare import parse_config, run_compare
+
+    raw = {"plant": {"name": "two_mass"},
+           "estimators": {"kalman": {"type": "kalman"},
+                          "afa": {"type": "afa", "window": 8, "nu": 4.0, "attention": "matrix"}},
+           "simulation": {"batch": 200, "horizon": 200, "burn_in": 50, "seed": 0, "outliers": [0.05, 10.0]}}
+    out = run_compare(parse_config(raw), tmp_path / "o", progress=False, stream=io.StringIO())
+    rows = {r["name"]: r for r in out["estimators"]}
+    assert rows["kalman"]["exact_cost"] is None and rows["afa"]["exact_cost"] is None
+    assert rows["afa"]["mc_cost"] < rows["kalman"]["mc_cost"]
+    for bad, msg in [({"outliers": [0.05]}, "probability, scale"), ({"outliers": [2.0, 10.0]}, "probability")]:
+        with pytest.raises(ConfigError, match=msg):
+            parse_config({**raw, "simulation": bad})
+    with pytest.raises(ConfigError, match="nu"):
+        parse_config({**raw, "estimators": {"a": {"type": "afa", "nu": 0.0}}})

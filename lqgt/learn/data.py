@@ -373,6 +373,7 @@ def rollouts(
     dtype: torch.dtype | str | None = None,
     estimator=None,
     kalman: bool = True,
+    dither=0.0,
 ) -> Rollouts:
     """Simulate closed-loop trajectories for training (via :func:`lqgt.simulate`).
 
@@ -404,6 +405,13 @@ def rollouts(
         on-policy data). Default: ``lqgt.KalmanFilter(plant)``.
     kalman : bool
         Compute ``x_hat_kf`` (default ``True``).
+    dither : float or array_like of shape (m,)
+        Standard deviation of a white Gaussian exploration signal ``d[t]`` added to the
+        controller output (``u[t] = -K x̂[t] + d[t]`` enters the plant and is what the
+        returned ``u`` holds; the estimator in the loop sees ``-K x̂[t]``). Persistent
+        excitation: without it ``u`` is a function of past measurements, and a learned
+        estimator may read the state from ``u`` instead of learning the input's effect,
+        which fails once its own estimates close the loop. Default 0.
 
     Returns
     -------
@@ -436,22 +444,32 @@ def rollouts(
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     parts = []
     for i, (pl, Ki) in enumerate(zip(plants, Ks)):
-        parts.append(_one(pl, Ki, horizon, batch, seed + i, dev, dt, estimator, kalman, i if many else None))
+        parts.append(_one(pl, Ki, horizon, batch, seed + i, dev, dt, estimator, kalman, i if many else None, dither))
     return parts[0] if len(parts) == 1 else Rollouts.concat(parts)
 
 
-def _one(pl: Plant, K, horizon, batch, seed, dev, dt, estimator, kalman, index) -> Rollouts:
+def _one(pl: Plant, K, horizon, batch, seed, dev, dt, estimator, kalman, index, dither=0.0) -> Rollouts:
     Kmat = np.zeros((pl.m, pl.n)) if K is None else K
     est = estimator if estimator is not None else KalmanFilter(pl, "current" if not pl.has_feedthrough else "predictor")
     was = isinstance(est, torch.nn.Module) and est.training
     if was:
         est.eval()
+    sd = np.broadcast_to(np.asarray(dither, dtype=float), (pl.m,)) if pl.m else np.zeros(0)
+    if not np.all(np.isfinite(sd)) or np.any(sd < 0):
+        raise ConfigError(f"rollouts: dither must be finite and >= 0, got {dither!r}")
+    d = None
+    if np.any(sd > 0):
+        g = torch.Generator(device=dev).manual_seed(int(seed) + 7_777_777)
+        d = torch.randn(batch, horizon, pl.m, generator=g, device=dev, dtype=dt) * torch.as_tensor(sd, device=dev,
+                                                                                                   dtype=dt)
     with torch.no_grad():
         res = simulate(pl, Kmat, {"data": est}, Q=np.eye(pl.n), R=np.eye(pl.m), horizon=horizon, batch=batch,
-                       seed=seed, device=dev, dtype=dt, store=True, progress=False)
+                       seed=seed, device=dev, dtype=dt, store=True, progress=False, disturbance=d)
     if was:
         est.train()
     x, y, u = res.x["data"], res.y["data"], res.u["data"]
+    if d is not None:
+        u = u + d                      # the input that entered the plant
     where = "" if index is None else f" (plant {index})"
     if not (bool(torch.isfinite(x).all()) and bool(torch.isfinite(y).all())):
         raise NonFiniteError(f"rollouts: the simulated closed loop diverged{where}; check K and the estimator")
