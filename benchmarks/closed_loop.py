@@ -194,11 +194,11 @@ def run_numpy(pb: Problem, batch: int, steps: int, burn_in: int, seed: int, repe
 
 # ----------------------------------------------------------------------------- (c, d)
 def run_lqgt(pb: Problem, device: str, dtype: torch.dtype, batch: int, steps: int, burn_in: int, seed: int,
-             repeat: int) -> dict:
+             repeat: int, backend: str = "torch") -> dict:
     K = pb.design.K
     est = {"kalman": pb.kalman()}
     lo = _burn(steps, burn_in)
-    kw = dict(Q=pb.Q, R=pb.R, batch=batch, seed=seed, device=device, dtype=dtype, store=False)
+    kw = dict(Q=pb.Q, R=pb.R, batch=batch, seed=seed, device=device, dtype=dtype, store=False, backend=backend)
     lqgt.simulate(pb.plant, K, est, horizon=min(steps, 4), **kw)  # warm-up (kernels, handles)
     el, res = timed(lambda: lqgt.simulate(pb.plant, K, est, horizon=steps, burn_in=lo, **kw), device, repeat)
     lo_ci, hi_ci = res.cost_ci["kalman"]
@@ -206,9 +206,61 @@ def run_lqgt(pb: Problem, device: str, dtype: torch.dtype, batch: int, steps: in
     if device.startswith("cuda"):
         mem = f"peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
         torch.cuda.reset_peak_memory_stats()
-    return dict(method="lqgt", device=device, dtype=str(dtype).replace("torch.", ""), batch=batch, steps=steps,
+    return dict(method="lqgt" if backend == "torch" else "lqgt triton", device=device, dtype=str(dtype).replace("torch.", ""), batch=batch, steps=steps,
                 burn_in=lo, seconds=el, rate=batch * steps / el, cost=res.cost["kalman"], half=(hi_ci - lo_ci) / 2,
                 note=f"store=False chunk={res.settings['chunk']} {mem}".strip())
+
+
+# ----------------------------------------------------------------------------- roofline
+def measure_device(dtype: torch.dtype) -> tuple[float, float]:
+    """Measured memory bandwidth (bytes/s, a 4 GiB device copy) and matmul peak (flop/s) on CUDA."""
+    a = torch.empty(1 << 29, device="cuda", dtype=torch.float64)  # 4 GiB
+    b = torch.empty_like(a)
+    el, _ = timed(lambda: b.copy_(a), "cuda", 3)
+    bw = 2 * a.numel() * 8 / el
+    del a, b
+    prev = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    x = torch.randn(8192, 8192, device="cuda", dtype=dtype)
+    el, _ = timed(lambda: x @ x, "cuda", 3)
+    torch.backends.cuda.matmul.allow_tf32 = prev
+    return bw, 2 * 8192 ** 3 / el
+
+
+def step_costs(pb: Problem) -> dict:
+    """Bytes and flops per trajectory-step (per element size ``s`` in bytes for the byte counts).
+
+    torch path (store=False): randn writes e (n+p), the drive GEMM reads e and writes 2n,
+    each addmm reads and writes 2n, the cost GEMMs read ξ (2n) and e (n+p) and write k:
+    about ``3(n+p) + 5(2n) + 2k`` elements. Fused kernel: the state stays in registers,
+    so only ξ[0] and the cost move once per trajectory (~0 per step). Useful flops (both):
+    ξ F' (2(2n)²), e Gd (2(n+p)2n), the cost (2(2n + n+p)k + 3k); Philox adds about
+    (n+p)/4 x 10 rounds x ~12 integer ops plus Box-Muller (log, sqrt, sin, cos) per pair.
+    """
+    n, p = pb.n, pb.p
+    W, Q, k = 2 * n, n + p, n + pb.m
+    flops = 2 * W * W + 2 * Q * W + 2 * (W + Q) * k + 3 * k
+    return dict(torch_elems=3 * Q + 5 * W + 2 * k, flops=flops, int_ops=math.ceil(Q / 4) * 10 * 12)
+
+
+def roofline(rows: list[dict], pb: Problem) -> None:
+    sc = step_costs(pb)
+    print("\n=== roofline (per trajectory-step; measured in this run) ===")
+    for dname in sorted({r["dtype"] for r in rows if r["device"] == "cuda"}):
+        dt = getattr(torch, dname)
+        s = torch.finfo(dt).bits // 8
+        bw, peak = measure_device(dt)
+        mem_bound = bw / (sc["torch_elems"] * s)
+        flop_bound = peak / sc["flops"]
+        print(f"{dname}: copy bandwidth {bw / 1e12:.2f} TB/s, matmul peak {peak / 1e12:.1f} TFLOP/s; "
+              f"torch path moves ~{sc['torch_elems'] * s} B/traj-step -> memory limit {mem_bound:.3g} traj-steps/s; "
+              f"{sc['flops']} useful flop + ~{sc['int_ops']} Philox int ops/traj-step -> flop limit "
+              f"{flop_bound:.3g} traj-steps/s (fused kernel: ~0 B/traj-step, compute-bound)")
+        for r in rows:
+            if r["device"] == "cuda" and r["dtype"] == dname:
+                print(f"  {r['method']:<12} B={r['batch']:<8} {r['rate']:.3g} traj-steps/s = "
+                      f"{r['rate'] / mem_bound:.2f} x memory limit of the torch path, "
+                      f"{r['rate'] * sc['flops'] / peak:.3f} of the matmul peak")
 
 
 # ----------------------------------------------------------------------------- main
@@ -238,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--devices", default="auto", help="comma-separated: cpu, cuda (auto: cpu and cuda if available)")
     ap.add_argument("--horizon", type=int, default=1000, help="steps T per trajectory")
     ap.add_argument("--burn-in", type=int, default=100, help="steps left out of the MC cost (at most half a run)")
-    ap.add_argument("--methods", default="python-control,numpy,lqgt", help="comma-separated subset")
+    ap.add_argument("--methods", default="python-control,numpy,lqgt,triton",
+                    help="comma-separated subset (triton: lqgt's fused kernel, CUDA only)")
     ap.add_argument("--pc-traj", type=int, default=20, help="trajectories for python-control (one call each)")
     ap.add_argument("--cpu-budget", type=float, default=3e7,
                     help="trajectory-steps per CPU run (numpy, lqgt CPU): large batches run fewer steps")
@@ -327,9 +380,13 @@ def main(argv: list[str] | None = None) -> int:
             for b in batches:
                 s = cpu_steps(b) if dev == "cpu" else T
                 add(run_lqgt(pb, dev, dt, b, s, args.burn_in, args.seed, args.repeat))
+                if dev == "cuda" and "triton" in methods:  # the fused kernel next to the torch path
+                    add(run_lqgt(pb, dev, dt, b, s, args.burn_in, args.seed, args.repeat, backend="triton"))
 
     print("\n=== closed-loop Monte Carlo throughput (two_mass, LQG current form; higher is better) ===")
     print_table(rows, pb.exact, pc_rate)
+    if "cuda" in devices:
+        roofline(rows, pb)
     for line in info:
         print(line)
     if args.json:

@@ -33,8 +33,14 @@ model the Kalman filter uses).
 ``python benchmarks/learned_experiments.py --device cuda --out results/`` runs all three
 (about 8 minutes on one H200 with the TransformerEstimator alone; use ``--experiments`` and
 ``--estimators`` to split the work). ``--quick`` runs tiny versions on a CPU in about a
-minute. Writes ``learned_experiments.json`` and ``learned_experiments.md`` into ``--out``
-after each experiment, and prints the tables.
+minute. Writes exactly two files, ``NAME.md`` and ``NAME.json`` (``--name``, default
+``learned_experiments``) into ``--out``, atomically after every finished seed, so a run cut
+off by a time-out keeps the seeds it finished; prints the tables.
+
+Parallel processes (one GPU): give each a different ``--name``, e.g. ``--experiments matched
+--plants two_mass --name matched_two_mass``. ``--matched-dither`` adds exploration noise to
+the inputs of the matched training data too (see docs/learning.md: a learned estimator that
+sees ``u`` and was trained only on another estimator's loop can read the state off ``u``).
 """
 
 from __future__ import annotations
@@ -110,10 +116,11 @@ def factories(args) -> dict:
 
     def ttf(model, K, seed):
         # starts as the Transformer Filter of the (nominal) model at a moderate beta, then learns
-        return lqgt.TrainableTransformerFilter.from_construction(model, beta=args.tf_beta, window=size["window"], K=K)
+        return lqgt.TrainableTransformerFilter.from_construction(model, beta=args.tf_beta, window=size["window"], K=K,
+                                                                 inputs="value")
 
     def knet(model, K, seed):
-        return lqgt.KalmanNet(model, hidden=8 if args.quick else 32, seed=seed)
+        return lqgt.KalmanNet(model, hidden=8 if args.quick else 32, seed=seed, steady=False)
 
     out["TrainableTransformerFilter"] = ttf
     out["KalmanNet"] = knet
@@ -123,8 +130,9 @@ def factories(args) -> dict:
 def train(est, data, args, seed: int, name: str = ""):
     """Train ``est`` with ``state_mse`` (steps from ``--estimator-steps`` for ``name``, else ``--steps``)."""
     steps = args.estimator_steps.get(name, args.steps)
-    return fit(est, data, loss="state_mse", steps=steps, lr=args.lr, batch=args.batch, device=args.dev,
-               dtype=args.dt, progress=False, seed=seed, schedule="cosine", warmup=min(100, steps // 10))
+    return fit(est, data, loss="state_mse", steps=steps, lr=args.estimator_lr.get(name, args.lr), batch=args.batch, device=args.dev,
+               dtype=args.dt, progress=False, seed=seed, schedule="cosine", warmup=min(100, steps // 10),
+               clip=args.clip or None)
 
 
 def train_in_loop(est, true, K, data, args, seed: int, name: str = ""):
@@ -168,6 +176,27 @@ def matched(args, makers) -> dict:
     names = args.plants or MATCHED_PLANTS
     problems = {pname: lqgt.plants.get(pname) for pname in names}
     runs = {(pname, ename): [] for pname in names for ename in makers}
+
+    def summary() -> dict:
+        rows = []
+        for (pname, ename), rr in runs.items():
+            if rr:
+                rows.append(dict(plant=pname, estimator=ename, runs=rr,
+                                 db_T=spread(r["db_T"] for r in rr), db_10T=spread(r["db_10T"] for r in rr),
+                                 gap_10T=spread(r["gap_10T"] for r in rr), kf_gap_10T=spread(r["kf_gap_10T"] for r in rr),
+                                 within_01=sum(r["db_T"] <= 0.1 for r in rr), within_02=sum(r["db_10T"] <= 0.2 for r in rr)))
+        lines = [f"## Matched model (training horizon T = {T}; medians [min, max] over the seeds run, of {args.seeds})", "",
+                 "| plant | estimator | dB vs KF @T | dB vs KF @10T | seeds ≤0.1 / ≤0.2 dB | cost vs LQG @10T | KF cost vs LQG @10T | CI of the median run |",
+                 "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in rows:
+            med = sorted(r["runs"], key=lambda x: x["gap_10T"])[len(r["runs"]) // 2]
+            lo, hi = med["gap_10T_ci"]
+            lines.append(f"| {r['plant']} | {r['estimator']} | {fmt(r['db_T'])} | {fmt(r['db_10T'])} | "
+                         f"{r['within_01']}/{len(r['runs'])} , {r['within_02']}/{len(r['runs'])} | "
+                         f"{fmt(r['gap_10T'], '+.2f', 100, '%')} | {fmt(r['kf_gap_10T'], '+.2f', 100, '%')} | "
+                         f"[{100 * lo:+.2f}%, {100 * hi:+.2f}%] |")
+        return {"rows": rows, "table": "\n".join(lines)}
+
     deadline = time.perf_counter() + args.budget["matched"]
     for s in range(args.seeds):  # seeds outermost: a time budget cuts every configuration alike
         for pname, (plant, Q, R) in problems.items():
@@ -178,7 +207,7 @@ def matched(args, makers) -> dict:
                     continue
                 t0 = time.perf_counter()
                 data = rollouts(plant, K, horizon=T, batch=args.data_batch, seed=s, device=args.dev, dtype=args.dt,
-                                kalman=False)
+                                kalman=False, dither=args.matched_dither)
                 est = make(plant, K, s)
                 log = train(est, data, args, s, name=ename)
                 t_train = time.perf_counter() - t0
@@ -194,34 +223,39 @@ def matched(args, makers) -> dict:
                          lqg_cost=e10.lqg_cost, cost_10T=e10.cost["learned"], cost_10T_ci=e10.cost_ci["learned"],
                          eval_s=time.perf_counter() - t0 - t_train)
                 runs[pname, ename].append(r)
+                args.report("matched", summary())
                 print(f"  matched {pname:<18} {ename:<26} seed {s}: {r['db_T']:+.3f} dB @T, {r['db_10T']:+.3f} dB @10T, "
                       f"cost {100 * r['gap_10T']:+.2f}% vs LQG (train {t_train:.1f} s, eval {r['eval_s']:.1f} s)",
                       flush=True)
                 free(args.dev)
-    rows = []
-    for (pname, ename), rr in runs.items():
-        if rr:
-            rows.append(dict(plant=pname, estimator=ename, runs=rr,
-                             db_T=spread(r["db_T"] for r in rr), db_10T=spread(r["db_10T"] for r in rr),
-                             gap_10T=spread(r["gap_10T"] for r in rr), kf_gap_10T=spread(r["kf_gap_10T"] for r in rr),
-                             within_01=sum(r["db_T"] <= 0.1 for r in rr), within_02=sum(r["db_10T"] <= 0.2 for r in rr)))
-    lines = [f"## Matched model (training horizon T = {T}; medians [min, max] over the seeds run, of {args.seeds})", "",
-             "| plant | estimator | dB vs KF @T | dB vs KF @10T | seeds ≤0.1 / ≤0.2 dB | cost vs LQG @10T | KF cost vs LQG @10T | CI of the median run |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
-        med = sorted(r["runs"], key=lambda x: x["gap_10T"])[len(r["runs"]) // 2]
-        lo, hi = med["gap_10T_ci"]
-        lines.append(f"| {r['plant']} | {r['estimator']} | {fmt(r['db_T'])} | {fmt(r['db_10T'])} | "
-                     f"{r['within_01']}/{len(r['runs'])} , {r['within_02']}/{len(r['runs'])} | "
-                     f"{fmt(r['gap_10T'], '+.2f', 100, '%')} | {fmt(r['kf_gap_10T'], '+.2f', 100, '%')} | "
-                     f"[{100 * lo:+.2f}%, {100 * hi:+.2f}%] |")
-    return {"rows": rows, "table": "\n".join(lines)}
+    return summary()
 
 
 def mismatch(args, makers) -> dict:
     T = args.horizon
-    scen = mismatch_scenarios()
+    scen = {k: v for k, v in mismatch_scenarios().items() if not args.scenarios or k in args.scenarios}
     runs = {(sname, ename): [] for sname in scen for ename in makers}
+
+    def summary() -> dict:
+        rows = []
+        for (sname, ename), rr in runs.items():
+            if rr:
+                rows.append(dict(scenario=sname, estimator=ename, runs=rr,
+                                 db_vs_nominal=spread(r["db_vs_nominal"] for r in rr),
+                                 db_vs_true=spread(r["db_vs_true"] for r in rr),
+                                 nominal_vs_true=spread(r["nominal_vs_true"] for r in rr),
+                                 cost=spread(r["cost"] for r in rr), cost_nominal=spread(r["cost_nominal"] for r in rr),
+                                 cost_true_kf=spread(r["cost_true_kf"] for r in rr)))
+        lines = [f"## Model mismatch (horizon {T}; medians [min, max] over the seeds run, of {args.seeds}; "
+                 "loop u = -K_nominal x̂)", "",
+                 "| scenario | estimator | dB vs nominal KF | dB vs true KF | nominal KF vs true KF | cost learned | cost nominal KF | cost true KF |",
+                 "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in rows:
+            lines.append(f"| {r['scenario']} | {r['estimator']} | {fmt(r['db_vs_nominal'])} | {fmt(r['db_vs_true'])} | "
+                         f"{fmt(r['nominal_vs_true'])} | {fmt(r['cost'], '.4g')} | {fmt(r['cost_nominal'], '.4g')} | "
+                         f"{fmt(r['cost_true_kf'], '.4g')} |")
+        return {"rows": rows, "table": "\n".join(lines)}
+
     deadline = time.perf_counter() + args.budget["mismatch"]
     for s in range(args.seeds):
         for sname, (true, nominal, Q, R) in scen.items():
@@ -247,28 +281,12 @@ def mismatch(args, makers) -> dict:
                          cost_nominal_ci=ev.cost_ci["nominal_kf"], cost_true_kf=ev.cost["kalman"],
                          cost_true_kf_ci=ev.cost_ci["kalman"], lqg_cost_true=ev.lqg_cost)
                 runs[sname, ename].append(r)
+                args.report("mismatch", summary())
                 print(f"  mismatch {sname:<11} {ename:<26} seed {s}: {r['db_vs_nominal']:+.3f} dB vs nominal KF, "
                       f"{r['db_vs_true']:+.3f} dB vs true KF (nominal KF: {r['nominal_vs_true']:+.3f}; "
                       f"train {t_train:.1f} s)", flush=True)
                 free(args.dev)
-    rows = []
-    for (sname, ename), rr in runs.items():
-        if rr:
-            rows.append(dict(scenario=sname, estimator=ename, runs=rr,
-                             db_vs_nominal=spread(r["db_vs_nominal"] for r in rr),
-                             db_vs_true=spread(r["db_vs_true"] for r in rr),
-                             nominal_vs_true=spread(r["nominal_vs_true"] for r in rr),
-                             cost=spread(r["cost"] for r in rr), cost_nominal=spread(r["cost_nominal"] for r in rr),
-                             cost_true_kf=spread(r["cost_true_kf"] for r in rr)))
-    lines = [f"## Model mismatch (horizon {T}; medians [min, max] over the seeds run, of {args.seeds}; "
-             "loop u = -K_nominal x̂)", "",
-             "| scenario | estimator | dB vs nominal KF | dB vs true KF | nominal KF vs true KF | cost learned | cost nominal KF | cost true KF |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
-        lines.append(f"| {r['scenario']} | {r['estimator']} | {fmt(r['db_vs_nominal'])} | {fmt(r['db_vs_true'])} | "
-                     f"{fmt(r['nominal_vs_true'])} | {fmt(r['cost'], '.4g')} | {fmt(r['cost_nominal'], '.4g')} | "
-                     f"{fmt(r['cost_true_kf'], '.4g')} |")
-    return {"rows": rows, "table": "\n".join(lines)}
+    return summary()
 
 
 def multi_system_data(systems, T: int, per: int, seed: int, dev, dt) -> Rollouts:
@@ -326,6 +344,10 @@ def incontext(args, makers) -> dict:
         y = test.y[sel[i]]
         kf_err[i] = (kf_output_prediction(plant, y)[:, warm:-1] - y[:, warm + 1:]).square().sum(-1).mean()
     runs = []
+
+    def summary() -> dict:
+        return _incontext_table(args, runs, held, radii, T, warm)
+
     deadline = time.perf_counter() + args.budget["incontext"]
     for s in range(args.seeds):
         if time.perf_counter() > deadline:
@@ -348,7 +370,12 @@ def incontext(args, makers) -> dict:
         print(f"  incontext seed {s}: median {runs[-1]['median_db']:+.3f} dB after {warm} steps, "
               f"{100 * runs[-1]['frac_within_05']:.0f}% of {len(held)} systems within 0.5 dB (train {t_train:.1f} s)",
               flush=True)
+        args.report("incontext", summary())
         free(args.dev)
+    return summary()
+
+
+def _incontext_table(args, runs, held, radii, T, warm) -> dict:
     bins = [(0.0, 0.5), (0.5, 0.8), (0.8, 0.9), (0.9, 0.95 + 1e-9)]
     lines = [f"## In context (n=4, m=1, p=2, u=0; trained on {args.ic_systems} random systems with spectral radius "
              f"<= 0.95, horizon {T}; {len(held)} held-out systems; one-step output prediction MSE vs each system's own "
@@ -375,15 +402,22 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default=None, help="float32 (default on cuda) or float64 (default on cpu)")
     ap.add_argument("--out", default="learned-experiments/")
+    ap.add_argument("--name", default="learned_experiments",
+                    help="stem of the two output files (NAME.md, NAME.json); give parallel processes different names")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, about a minute on a CPU")
     ap.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=EXPERIMENTS)
     ap.add_argument("--estimators", nargs="*", default=[], help="subset of estimator class names")
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--tf-beta", type=float, default=10.0, help="initial beta of the TrainableTransformerFilter")
+    ap.add_argument("--estimator-lr", default="TrainableTransformerFilter=3e-4",
+                    help="per-estimator learning rates, e.g. KalmanNet=1e-3 (default: --lr)")
+    ap.add_argument("--scenarios", nargs="*", default=[], choices=("rotation10", "mass30"),
+                    help="mismatch: a subset of the scenarios")
+    ap.add_argument("--tf-beta", type=float, default=100.0, help="initial beta of the TrainableTransformerFilter")
     ap.add_argument("--plants", nargs="*", default=[], choices=MATCHED_PLANTS,
                     help="matched: a subset of the plants (run subsets as parallel processes)")
     ap.add_argument("--steps", type=int, default=3000, help="training steps (matched, mismatch)")
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping in training (0: none)")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--horizon", type=int, default=200, help="training horizon T")
     ap.add_argument("--data-batch", type=int, default=8192, help="training trajectories per seed")
@@ -402,10 +436,13 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--dither", type=float, default=0.3,
                     help="mismatch: std of the exploration signal added to u in the training data")
+    ap.add_argument("--matched-dither", type=float, default=0.0,
+                    help="matched: std of the exploration signal added to u in the training data")
     ap.add_argument("--loop-rounds", type=int, default=1,
                     help="mismatch: rounds of training on the estimator's own closed loop (DAgger)")
     args = ap.parse_args(argv)
     args.estimator_steps = {k: int(v) for k, v in (kv.split("=") for kv in args.estimator_steps.split(",") if kv)}
+    args.estimator_lr = {k: float(v) for k, v in (kv.split("=") for kv in args.estimator_lr.split(",") if kv)}
     share = {"matched": 0.5, "mismatch": 0.25, "incontext": 0.25}
     tot = sum(share[e] for e in args.experiments)
     args.budget = {e: args.time_budget * share[e] / tot for e in args.experiments}
@@ -424,22 +461,32 @@ def main(argv=None) -> None:
     makers = factories(args)
     dev_name = torch.cuda.get_device_name(args.dev) if args.dev.type == "cuda" else "cpu"
     print(f"estimators: {', '.join(makers)}; device {dev_name}, {str(args.dt).replace('torch.', '')}", flush=True)
-    results, tables, t_all = {}, [], time.perf_counter()
+    results, t_all = {}, time.perf_counter()
+    settings = {k: v for k, v in vars(args).items() if k not in ("dev", "dt", "budget", "report")}
+
+    def write() -> None:
+        """Write the .md and .json of everything finished so far (atomically: a time-out keeps them)."""
+        tables = [r["table"] + (f"\n\n({k}: {r['seconds']:.0f} s)" if "seconds" in r else "\n\n(in progress)")
+                  for k, r in results.items()]
+        head = (f"# Learned estimators: {', '.join(makers)} on {dev_name} "
+                f"({str(args.dt).replace('torch.', '')}); total {time.perf_counter() - t_all:.0f} s\n\n")
+        atomic_write_text(out / f"{args.name}.md", head + "\n\n".join(tables) + "\n")
+        atomic_write_text(out / f"{args.name}.json",
+                          json.dumps({"device": dev_name, "settings": settings, "results": results}, indent=1,
+                                     default=str) + "\n")
+
+    def report(name: str, partial: dict) -> None:
+        results[name] = partial
+        write()
+
+    args.report = report
     for name in args.experiments:
         t0 = time.perf_counter()
         res = {"matched": matched, "mismatch": mismatch, "incontext": incontext}[name](args, makers)
         res["seconds"] = time.perf_counter() - t0
         results[name] = res
-        tables.append(res["table"] + f"\n\n({name}: {res['seconds']:.0f} s)")
-        print("\n" + tables[-1] + "\n", flush=True)
-        head = (f"# Learned estimators: {', '.join(makers)} on {dev_name} "
-                f"({str(args.dt).replace('torch.', '')}); total {time.perf_counter() - t_all:.0f} s\n\n")
-        atomic_write_text(out / "learned_experiments.md", head + "\n\n".join(tables) + "\n")
-        settings = {k: v for k, v in vars(args).items() if k not in ("dev", "dt", "budget")}
-        atomic_write_text(out / "learned_experiments.json",
-                          json.dumps({"device": dev_name, "settings": settings, "results": results}, indent=1,
-                                     default=str) + "\n")
-
+        print("\n" + res["table"] + f"\n\n({name}: {res['seconds']:.0f} s)\n", flush=True)
+        write()
 
 if __name__ == "__main__":
     main()

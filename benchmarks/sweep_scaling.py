@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(f"# sweep scaling on {name}: {gpus} GPU(s), {cpus} CPUs, torch {torch.__version__}, "
           f"ray {ray.__version__}; task = two_mass closed loop{' + TF(beta=100, H=32)' if args.tf else ''}, "
-          f"batch {batch:.0e} x {args.horizon} steps, {args.dtype}")
+          f"batch {batch:.0e} x {args.horizon} steps, {args.dtype}", flush=True)
 
     # warm-up: compile/caches in this process
     lqgt.sweep.run(task, grid, trajectories=min(batch, 1000), seed=99, device=args.device, progress=False)
@@ -113,6 +113,9 @@ def main(argv=None) -> int:
         if local is not None:
             rows[-1]["local_traj_steps_per_s"] = steps / t_local
             rows[-1]["same_as_local"] = _same(local, tab)
+        r = rows[-1]
+        print(f"  workers {w}: {r['seconds']:.2f} s, {r['traj_steps_per_s']:.3g} traj-steps/s, "
+              f"efficiency {r['efficiency']:.0%}, table == 1-worker table: {r['same_as_reference']}", flush=True)
 
     # per-task overhead: trivial tasks, local vs ray
     n = args.overhead_tasks

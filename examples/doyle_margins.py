@@ -18,7 +18,9 @@ the plant input, current and predictor forms) computed by :func:`lqgt.loop_margi
 with the discrete LQR guarantee of :func:`lqgt.lqr_guaranteed_margins`, and writes
 
 * ``doyle_bode.png``: Bode plots of the LQR loop and of LQG loops at three σ;
-* ``doyle_margins.png``: phase margin and disk margin against σ.
+* ``doyle_margins.png``: phase margin and disk margin against σ;
+* ``doyle_disk_margin.png``: the disk margin against frequency (:func:`lqgt.disk_margins`,
+  :func:`lqgt.plot.disk_margin`) of the LQR loop and of the LQG loop at the largest σ.
 
 Run ``python examples/doyle_margins.py --out doyle-example/`` (a few seconds).
 """
@@ -39,7 +41,7 @@ from lqgt.frequency import (
     lqr_guaranteed_margins,
     lqr_loop_transfer,
 )
-from lqgt.plot import bode
+from lqgt.plot import bode, disk_margin
 
 SIGMAS = (0.01, 0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
 
@@ -77,7 +79,7 @@ def main(argv=None) -> None:
     rows, loops = [], {}
     for sigma in args.sigmas:
         plant, design = doyle(sigma, args.q, args.dt)
-        lqr = loop_margins(lqr_loop_transfer(plant, design.K))
+        lqr = loop_margins(lqr_loop_transfer(plant, design))
         cur = loop_margins(loop_transfer(plant, design, "input", "current"))
         pred = loop_margins(loop_transfer(plant, design, "input", "predictor"))
         rows.append((sigma, lqr, cur, pred, lqr_guaranteed_margins(plant, design), 2 + math.sqrt(4 + sigma)))
@@ -103,7 +105,7 @@ def main(argv=None) -> None:
     # Bode plot: LQR loop and LQG loops at three noise weights
     pick = [args.sigmas[0], args.sigmas[len(args.sigmas) // 2], args.sigmas[-1]]
     plant0, design0 = loops[pick[0]]
-    curves = {"LQR  K(zI−A)⁻¹B": lqr_loop_transfer(plant0, design0.K)}
+    curves = {"LQR  K(zI−A)⁻¹B": lqr_loop_transfer(plant0, design0)}
     styles = {"LQR  K(zI−A)⁻¹B": {"color": "k", "linewidth": 2.2}}
     for i, sigma in enumerate(pick):
         plant, design = loops[sigma]
@@ -140,7 +142,20 @@ def main(argv=None) -> None:
                  fontsize="medium")
     p2 = out / "doyle_margins.png"
     fig.savefig(p2, dpi=120)
-    print(f"\nwrote {p1} and {p2}")
+
+    # disk margin against frequency: LQR loop and the LQG loop at the largest σ
+    plant, design = loops[args.sigmas[-1]]
+    dm_lqr = lqgt.disk_margins(lqr_loop_transfer(plant, design))
+    dm_lqg = lqgt.disk_margins((plant, design), at="input")
+    ax = disk_margin(dm_lqr, label="LQR  K(zI−A)⁻¹B", color="k")
+    disk_margin(dm_lqg, ax=ax, label=f"LQG (current), σ = {args.sigmas[-1]:g}", color="C3")
+    ax.set_title("Doyle's example: balanced disk margin against frequency", fontsize="medium")
+    ax.legend(fontsize="x-small", loc="best")
+    p3 = out / "doyle_disk_margin.png"
+    ax.figure.savefig(p3, dpi=120)
+    print(f"disk margins (lqgt.disk_margins): LQR α = {dm_lqr.alpha:.4f} at ω = {dm_lqr.omega_worst:.3g} rad/s; "
+          f"LQG σ = {args.sigmas[-1]:g}: α = {dm_lqg.alpha:.4g} at ω = {dm_lqg.omega_worst:.3g} rad/s")
+    print(f"\nwrote {p1}, {p2} and {p3}")
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def main(argv=None) -> None:
     L_pred = loop_transfer(plant, design, "input", "predictor")
 
     t0 = time.perf_counter()
-    kal = frequency_response(plant, design.K, lqgt.KalmanFilter(plant, "predictor"), omegas, device=args.device)
+    kal = frequency_response(plant, design, lqgt.KalmanFilter(plant, "predictor"), omegas, device=args.device)
     t_kal = time.perf_counter() - t0
     ref = L_pred.frequency_response(kal.omega).complex.ravel()
     err_kal = np.abs(kal.gain[:, 0, 0, 0] / ref - 1).max()
@@ -89,7 +89,7 @@ def main(argv=None) -> None:
     for beta in args.betas:
         t0 = time.perf_counter()
         est = lqgt.TransformerFilter(plant, beta=beta, window=args.window, K=design.K)
-        tf[beta] = frequency_response(plant, design.K, est, omegas, amplitudes=args.amplitudes, settle=args.settle,
+        tf[beta] = frequency_response(plant, design, est, omegas, amplitudes=args.amplitudes, settle=args.settle,
                                       device=args.device)
         tf[beta].settings["seconds"] = time.perf_counter() - t0
 

@@ -27,6 +27,7 @@ from .frequency import (
     lqr_guaranteed_margins,
     lqr_loop_transfer,
 )
+from .margins import DiskMargins, disk_margins
 from .lqg import LQGDesign, lqg, lqg_cost
 from .plant import Plant
 from .riccati import dare, dlqe, dlqr
@@ -81,6 +82,8 @@ __all__ = [
     "LqrMarginBound",
     "frequency_response",
     "FrequencyResponse",
+    "disk_margins",
+    "DiskMargins",
     "errors",
     "plants",
     "sweep",

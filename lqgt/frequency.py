@@ -39,7 +39,7 @@ import scipy.optimize
 import torch
 
 from ._linalg import as_matrix, spectral_radius
-from ._torch import resolve_device, resolve_dtype, tensor
+from ._torch import check_memory, resolve_device, resolve_dtype, tensor
 from .closed_loop import check_form, closed_loop
 from .errors import ConfigError, ShapeError
 from .plant import Plant
@@ -181,27 +181,56 @@ def loop_transfer(plant: Plant, design, at: str = "input", form: str = "current"
     return Kc * P if at == "input" else P * Kc
 
 
-def lqr_loop_transfer(plant: Plant, K):
+def _lqr_gain(plant: Plant, design, K) -> np.ndarray:
+    """The state-feedback gain from ``design`` (an LQGDesign, or for backwards compatibility a gain) or ``K=``."""
+    if design is not None and K is not None:
+        raise ConfigError("pass either design (an lqgt.LQGDesign) or K= (a gain), not both")
+    if design is None and K is None:
+        raise ConfigError("lqr_loop_transfer needs design (an lqgt.LQGDesign from lqgt.lqg) or K= (the gain, "
+                          "shape (m, n))")
+    if K is None:
+        if hasattr(design, "K") and not isinstance(design, (np.ndarray, torch.Tensor)):
+            return as_matrix("design.K", design.K, (plant.m, plant.n))
+        K = design  # the pre-0.x positional gain lqr_loop_transfer(plant, K)
+    if isinstance(K, torch.Tensor):
+        K = K.detach().cpu().numpy()
+    return as_matrix("K", K, (plant.m, plant.n))
+
+
+def lqr_loop_transfer(plant: Plant, design=None, *, K=None):
     """The state-feedback (LQR) loop broken at the plant input: ``K (zI - A)^{-1} B``.
+
+    Like every function of this module it takes ``(plant, design)``; explicit gains go by
+    keyword (``K=``). A gain array as the second positional argument is still accepted.
 
     Parameters
     ----------
     plant : Plant
         The plant (gives ``A``, ``B`` and ``dt``; ``C`` and ``D`` are not used: all states
         are fed back).
-    K : array_like, shape (m, n)
-        State-feedback gain, ``u = -K x``.
+    design : LQGDesign or array_like, optional
+        From :func:`lqgt.lqg` (its ``K`` is used); an ``(m, n)`` gain array here is read as
+        ``K`` (backwards compatible).
+    K : array_like, shape (m, n), optional
+        State-feedback gain, ``u = -K x`` (instead of ``design``).
 
     Returns
     -------
     control.StateSpace
         Discrete, ``m x m``; the closed loop ``control.feedback(L, I)`` has the poles
         ``eig(A - BK)``.
+
+    Raises
+    ------
+    ConfigError
+        Neither or both of ``design`` and ``K``.
+    ShapeError
+        A gain of the wrong shape.
     """
     import control
 
     _check_plant(plant)
-    K = as_matrix("K", K, (plant.m, plant.n))
+    K = _lqr_gain(plant, design, K)
     return control.ss(plant.A, plant.B, K, np.zeros((plant.m, plant.m)), plant.dt)
 
 
@@ -266,7 +295,7 @@ def _siso_discrete(L) -> tuple[Any, float]:
         raise ConfigError(f"L must be a control.StateSpace or control.TransferFunction, got {type(L).__name__}")
     if not L.issiso():
         raise ShapeError(f"L must be SISO (1 x 1), got {L.noutputs} x {L.ninputs}; pick one loop, e.g. L[0, 0], "
-                         "or use control.disk_margins for MIMO (it needs slycot)")
+                         "or use lqgt.disk_margins for MIMO loops (no slycot needed)")
     dt = L.dt
     if dt is None or dt is False or dt == 0:
         raise ConfigError(f"L must be discrete-time with a sample time (dt > 0), got dt={dt!r}")
@@ -362,8 +391,8 @@ def loop_margins(L, *, points: int = 4000) -> LoopMargins:
     import control
 
     sys, dt = _siso_discrete(L)
-    if int(points) < 16:
-        raise ConfigError(f"points must be >= 16, got {points!r}")
+    if isinstance(points, bool) or not isinstance(points, (int, np.integer)) or points < 16:
+        raise ConfigError(f"points must be an integer >= 16, got {points!r}")
     ev = _Evaluator(sys)
     grid = _theta_grid(int(points))
     vals = ev(grid)
@@ -659,8 +688,9 @@ def frequency_response(plant: Plant, K, estimator, omegas: Sequence[float], ampl
     ----------
     plant : Plant
         The plant; ``m0`` is the initial state (noise is off: ``w = v = 0``, ``x[0] = m0``).
-    K : array_like of shape (m, n), or callable
-        Feedback ``u = -K x̂`` (or a policy, as in :func:`lqgt.simulate`; then pass ``settle``).
+    K : LQGDesign, array_like of shape (m, n), or callable
+        Feedback ``u = -K x̂``: an :class:`~lqgt.LQGDesign` (its ``K``), a gain, or a policy
+        (as in :func:`lqgt.simulate`; then pass ``settle``).
     estimator : estimator
         Any estimator following :mod:`lqgt.estimators.base`.
     omegas : sequence of float
@@ -691,6 +721,10 @@ def frequency_response(plant: Plant, K, estimator, omegas: Sequence[float], ampl
     ------
     ConfigError, ShapeError
         Bad arguments (the message names the argument).
+    ResourceError
+        The sweep (``len(omegas) x len(amplitudes) x len(inputs)`` runs of ``settle`` plus
+        the fit window steps) would need more memory than is free; the message gives the
+        estimate.
 
     Notes
     -----
@@ -705,18 +739,26 @@ def frequency_response(plant: Plant, K, estimator, omegas: Sequence[float], ampl
 
     _check_plant(plant)
     m = plant.m
+    if hasattr(K, "K") and not callable(K) and not isinstance(K, (np.ndarray, torch.Tensor)):
+        K = K.K   # an LQGDesign: its LQR gain (the (plant, design) convention of this module)
     Kmat, policy = _policy(K, plant)
     if policy is not None and settle is None:
         raise ConfigError("settle= is required when K is a policy (callable): the default is computed from "
                           "a static gain")
-    w = np.atleast_1d(np.asarray(omegas, dtype=float))
+    try:
+        w = np.atleast_1d(np.asarray(omegas, dtype=float))
+    except (TypeError, ValueError):
+        raise ConfigError(f"omegas must be a 1-D sequence of frequencies (rad/s), got {omegas!r}") from None
     if w.ndim != 1 or w.size == 0:
         raise ShapeError(f"omegas must be a non-empty 1-D sequence of frequencies (rad/s), got shape {w.shape}")
     nyq = math.pi / plant.dt
     if not (np.all(np.isfinite(w)) and np.all(w > 0) and np.all(w < nyq)):
         raise ConfigError(f"omegas must satisfy 0 < ω < π/dt = {nyq:.6g} rad/s (the Nyquist frequency), "
                           f"got {w.tolist()}")
-    amps = np.atleast_1d(np.asarray(amplitudes, dtype=float))
+    try:
+        amps = np.atleast_1d(np.asarray(amplitudes, dtype=float))
+    except (TypeError, ValueError):
+        raise ConfigError(f"amplitudes must be a sequence of positive numbers, got {amplitudes!r}") from None
     if amps.ndim != 1 or amps.size == 0 or not (np.all(np.isfinite(amps)) and np.all(amps > 0)):
         raise ConfigError(f"amplitudes must be a non-empty sequence of positive numbers, got {amplitudes!r}")
     if isinstance(periods, bool) or not isinstance(periods, (int, np.integer)) or periods < 1:
@@ -733,6 +775,10 @@ def frequency_response(plant: Plant, K, estimator, omegas: Sequence[float], ampl
     theta, p_k, n_k = _windows(w * plant.dt, int(periods))
     horizon = int(settle) + int(n_k.max())
     nk, na, nc = w.size, amps.size, len(chans)
+    # up-front size check: d, u, the estimator's and the plant's trajectories, phases, masks (8-byte words)
+    words = float(nk * na * nc) * horizon * (4 * m + 2 * plant.n + plant.p + 8)
+    check_memory(words * 8.0, dev, f"frequency_response ({nk * na * nc} runs x horizon {horizon} = settle {settle} "
+                 f"+ window {int(n_k.max())} steps)")
     # batch rows in (frequency, amplitude, excited input) order
     th_row = np.repeat(theta, na * nc)
     a_row = np.tile(np.repeat(amps, nc), nk)

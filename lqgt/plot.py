@@ -1037,3 +1037,72 @@ def training_curve(log, ax: Axes | None = None, *, smooth: int | None = None, re
     ax.legend(fontsize="small", loc="best")
     ax.grid(True, which="major", alpha=0.3)
     return ax
+
+
+__all__ += ["disk_margin"]
+
+
+def disk_margin(result, ax: Axes | None = None, *, label: str | None = None, title: str | None = None,
+                color: str | None = None) -> Axes:
+    """Disk margin against frequency, from :func:`lqgt.disk_margins`.
+
+    Draws ``result.curve`` against ``result.omega`` (``1/μ(S_σ(jω))``; one line per channel
+    for loop-at-a-time) on a log frequency axis (``ω > 0``), marks the worst case
+    ``(result.omega_worst, result.alpha)`` and, for a discrete loop, the Nyquist frequency.
+
+    Parameters
+    ----------
+    result : lqgt.DiskMargins
+        From :func:`lqgt.disk_margins`.
+    ax : matplotlib.axes.Axes, optional
+        Axes to draw on (default: a new figure's).
+    label : str, optional
+        Legend label of the curve (default: the kind and skew).
+    title : str, optional
+        Axes title.
+    color : str, optional
+        Colour of the curve (one-curve results; default ``"C0"``, channel ``i`` in ``"C{i}"``).
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+
+    Raises
+    ------
+    ConfigError
+        ``result`` is not a :class:`lqgt.DiskMargins`.
+    """
+    from .margins import DiskMargins
+
+    if not isinstance(result, DiskMargins):
+        raise ConfigError(f"disk_margin: result must be an lqgt.DiskMargins (from lqgt.disk_margins), "
+                          f"got {type(result).__name__}")
+    if ax is None:
+        ax = _new_axes((6.0, 3.6))
+    w = np.asarray(result.omega)
+    curve = np.asarray(result.curve)
+    curve = curve[:, None] if curve.ndim == 1 else curve
+    base = label if label is not None else f"{result.kind}, σ = {result.skew:g}"
+    keep = w > 0
+    for i in range(curve.shape[1]):
+        name = base if curve.shape[1] == 1 else f"{base}, channel {i}"
+        ax.plot(w[keep], curve[keep, i], color=color if (color is not None and curve.shape[1] == 1) else f"C{i}",
+                label=name)
+    if result.stable is not False and math.isfinite(result.alpha) and math.isfinite(result.omega_worst):
+        gm = result.gain_margin
+        ax.plot([result.omega_worst], [result.alpha], "o", color=color or "k", markersize=5,
+                label=f"α = {result.alpha:.4g} at ω = {result.omega_worst:.4g} rad/s "
+                      f"(gain [{gm[0]:.4g}, {gm[1]:.4g}], phase ±{result.phase_margin:.3g}°)")
+    if result.dt is not None and not any(ln.get_label() == "Nyquist π/dt" for ln in ax.get_lines()):
+        ax.axvline(math.pi / result.dt, color="0.5", linestyle=":", linewidth=1.0, label="Nyquist π/dt")
+    ax.set_xscale("log")
+    finite = curve[keep][np.isfinite(curve[keep])]
+    if finite.size and finite.min() > 0 and finite.max() / finite.min() > 100:
+        ax.set_yscale("log")
+    ax.set_xlabel("frequency ω (rad/s)")
+    ax.set_ylabel("disk margin α(ω) = 1/μ(S_σ)")
+    if title is not None:
+        ax.set_title(title, fontsize="medium")
+    ax.legend(fontsize="small", loc="best")
+    ax.grid(True, which="major", alpha=0.3)
+    return ax

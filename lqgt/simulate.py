@@ -383,6 +383,7 @@ def simulate(
     noise: bool = True,
     disturbance=None,
     outliers: tuple[float, float] | None = None,
+    backend: str = "auto",
 ) -> SimulationResult:
     """Simulate the closed loop of ``plant`` with each estimator, on common random numbers.
 
@@ -445,6 +446,15 @@ def simulate(
         deviation). The outlier pattern comes from its own generator (seeded by ``seed``), so
         every estimator sees the same outliers and the Gaussian numbers are the same as
         without outliers. The fused linear path stays exact (it reads the same scaled noise).
+    backend : {"auto", "torch", "triton"}
+        ``"auto"`` (default) and ``"torch"``: the torch path. ``"triton"`` (experimental):
+        on CUDA, fixed-gain linear loops (every estimator offering ``linear_gain()``, a
+        static ``K``, no disturbance or outliers, with noise) run the fused Triton kernel of
+        :mod:`lqgt.kernels` with its own Philox noise, shared by all estimators of the call
+        (the numbers differ from the torch path's, the distribution is the same); anything
+        else, a CPU device or a missing Triton falls back to the torch path with one
+        warning. The kernel is tested in Triton's interpreter but not yet verified on a
+        GPU, which is why ``"auto"`` does not pick it yet.
 
     Returns
     -------
@@ -495,11 +505,18 @@ def simulate(
 
     outliers = _check_outliers(outliers)
     noise_src = _Noise(plant, batch, seed, dev, dt, enabled=bool(noise), outliers=outliers)
+    # the kernel only when every estimator takes it: all of them must see the same (Philox) noise
+    use_triton = _use_triton(backend, dev, linear and dist is None and outliers is None and bool(noise)
+                             and Kmat is not None and all(callable(getattr(est, "linear_gain", None))
+                                                          and est.linear_gain() is not None
+                                                          for est in estimators.values()))
     runners = {
         name: _make_runner(plant, linear, Kmat, policy, est, noise_src, Qz_np, dev, dt, min(chunk, horizon), store,
-                           fused_ok=linear and dist is None)
+                           fused_ok=linear and dist is None, triton=use_triton)
         for name, est in estimators.items()
     }
+    if not any(getattr(run, "needs_e", True) for run in runners.values()):  # all fused kernels: no noise draws
+        chunk = horizon if not store else max(1, min(horizon, (1 << 26) // (batch * (2 * n + m + p))))
     need_wv = any(getattr(run, "needs_wv", True) for run in runners.values())
     total = {name: torch.zeros(batch, device=dev, dtype=dt) for name in estimators}
     stored = {k: {} for k in ("x", "x_hat", "u", "y")} if store else None
@@ -514,7 +531,11 @@ def simulate(
     width = max(2 * n + p, max(int(getattr(est, "window", 1) or 1) * (n + p) for est in estimators.values()))
     with limit_threads(work_threads(batch * width, dev)):  # small per-step work: one intra-op thread on CPU
         prefetch = _CPU_PREFETCH and noise and dev.type == "cpu" and _spare_core()
-        for t0, e in _chunks(noise_src, horizon, chunk, prefetch=prefetch):
+        no_e = not any(getattr(run, "needs_e", True) for run in runners.values())
+        chunks = (((t0, torch.empty(min(chunk, horizon - t0), 0, 0, device=dev, dtype=dt))
+                   for t0 in range(0, horizon, chunk)) if no_e
+                  else _chunks(noise_src, horizon, chunk, prefetch=prefetch))
+        for t0, e in chunks:
             c = e.shape[0]
             lo = min(max(burn_in - t0, 0), c)  # steps of this chunk before burn_in are not costed
             wv = noise_src.split(e) if need_wv else None
@@ -557,10 +578,36 @@ def simulate(
     )
 
 
-def _make_runner(plant, linear, Kmat, policy, est, noise, Qz_np, dev, dt, chunk, store, fused_ok=True):
+def _use_triton(backend: str, dev, applies: bool) -> bool:
+    """Whether the fused Triton kernel runs (``backend`` checked; a missing Triton warns once)."""
+    if backend not in ("auto", "torch", "triton"):
+        raise ConfigError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
+    # "auto" keeps the torch path: the fused kernel has passed its tests in Triton's interpreter
+    # but has not yet been verified on a GPU, so it runs only when asked for (docs/gpu.md).
+    if backend != "triton":
+        return False
+    if not applies:
+        warnings.warn("backend='triton' applies only to fixed-gain linear loops under a static K without "
+                      "disturbance or outliers; using the torch path", RuntimeWarning, stacklevel=3)
+        return False
+    from .kernels import triton_available
+
+    if dev.type != "cuda" or not triton_available():
+        why = "device is not CUDA" if dev.type != "cuda" else "Triton is not installed"
+        warnings.warn(f"backend='triton': {why}; using the torch path", RuntimeWarning, stacklevel=3)
+        return False
+    return True
+
+
+def _make_runner(plant, linear, Kmat, policy, est, noise, Qz_np, dev, dt, chunk, store, fused_ok=True,
+                 triton=False):
     """Return a runner ``run(e, wv, lo, d, t0) -> (cost sum over steps lo.. of the chunk (B,), trajectories)``."""
     lin = getattr(est, "linear_gain", None)
     lin = lin() if callable(lin) and fused_ok else None
+    if triton and Kmat is not None and lin is not None:
+        from .kernels.linear_loop import TritonRunner
+
+        return TritonRunner(plant, Kmat, est.form, lin, noise, Qz_np, dev, dt, store)
     if Kmat is not None and lin is not None:
         return _FusedRunner(plant, Kmat, est.form, lin, noise, Qz_np, dev, dt, chunk, store)
     return _GenericRunner(plant, linear, Kmat, policy, est, noise.x0, Qz_np, dev, dt, store)

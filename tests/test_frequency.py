@@ -155,6 +155,37 @@ def test_bad_arguments(gen, rng):
         lqr_loop_transfer(plant, np.ones((2, 2)))
 
 
+def test_frequency_functions_take_plant_and_design(gen, rng):
+    """One convention: (plant, design); explicit gains by keyword; the old positional gain still works."""
+    prob = _problem(gen, rng, "stable", n=2, m=1, p=1)
+    plant = _plant(prob)
+    design = lqgt.lqg(plant, prob["Q"], prob["R"])
+    by_design = lqr_loop_transfer(plant, design)
+    for other in (lqr_loop_transfer(plant, K=design.K), lqr_loop_transfer(plant, design.K),
+                  lqr_loop_transfer(plant, torch.as_tensor(design.K))):
+        for a, b in zip(control.ssdata(by_design), control.ssdata(other)):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(ConfigError, match="not both"):
+        lqr_loop_transfer(plant, design, K=design.K)
+    with pytest.raises(ConfigError, match="K="):
+        lqr_loop_transfer(plant)
+    with pytest.raises(ShapeError, match="K"):
+        lqr_loop_transfer(plant, K=np.ones((2, 2)))
+    kf = lqgt.KalmanFilter(plant, "current")
+    a = frequency_response(plant, design, kf, [1.0, 3.0])
+    b = frequency_response(plant, design.K, kf, [1.0, 3.0])
+    np.testing.assert_array_equal(a.gain, b.gain)
+
+
+def test_loop_margins_points_is_validated(gen, rng):
+    plant, design = _doyle(1.0)
+    L = loop_transfer(plant, design)
+    for bad in (None, 3.5, "400", True, 8):
+        with pytest.raises(ConfigError, match="points must be an integer >= 16"):
+            loop_margins(L, points=bad)
+    assert loop_margins(L, points=64).stable
+
+
 # ----------------------------------------------------------------------------- margins
 
 def _spectral_radius_with_gain(L, g: complex) -> float:
@@ -256,7 +287,7 @@ def test_lqr_margins_meet_the_discrete_guarantee(dt):
     """SISO LQR loops: |1 + L| ≥ ρ, gains in (1/(1+ρ), 1/(1-ρ)) and PM ≥ 2 asin(ρ/2); ρ → 1 as dt → 0."""
     plant, design = _doyle(1.0, dt=dt)
     bound = lqr_guaranteed_margins(plant, design)
-    mg = loop_margins(lqr_loop_transfer(plant, design.K))
+    mg = loop_margins(lqr_loop_transfer(plant, design))
     assert mg.stable
     assert mg.stability_margin >= bound.rho * (1 - 1e-9)
     assert mg.gain_margin >= bound.gain_margin * (1 - 1e-9)
@@ -296,7 +327,7 @@ def test_doyle_lqg_margins_vanish_while_lqr_keeps_60_degrees():
         plant, design = _doyle(sigma)
         for form in FORMS:
             lqg_m[form].append(loop_margins(loop_transfer(plant, design, "input", form)))
-        lqr = loop_margins(lqr_loop_transfer(plant, design.K))
+        lqr = loop_margins(lqr_loop_transfer(plant, design))
         bound = lqr_guaranteed_margins(plant, design)
         assert lqr.phase_margin >= 60.0 and lqr.phase_margin >= bound.phase_margin
         assert lqr.gain_margin_lower <= 0.5 and lqr.gain_margin > 40
@@ -422,6 +453,23 @@ def test_sine_sweep_bad_arguments(di):
         frequency_response(plant, lambda x: -x[:, :1], kf, [1.0])
     with pytest.raises(ConfigError, match="not stable"):
         frequency_response(plant, -design.K, kf, [1.0])
+    for bad in ("x", ["a", "b"], None, {1: 2}):
+        with pytest.raises(ConfigError, match="omegas"):
+            frequency_response(plant, design.K, kf, bad)
+    with pytest.raises(ConfigError, match="amplitudes"):
+        frequency_response(plant, design.K, kf, [1.0], amplitudes="big")
+
+
+def test_sine_sweep_refuses_sizes_up_front(di):
+    """settle=10**12 is refused before anything is allocated, with the estimate in the message."""
+    from lqgt.errors import ResourceError
+
+    plant, design = di
+    kf = lqgt.KalmanFilter(plant, "predictor")
+    with pytest.raises(ResourceError, match=r"frequency_response \(1 runs x horizon 1000000000\d+ = settle 10+ .*TB"):
+        frequency_response(plant, design.K, kf, [1.0], settle=10**12)
+    with pytest.raises(ResourceError, match="frequency_response"):
+        frequency_response(plant, design.K, kf, np.linspace(0.5, 30.0, 10**5), settle=10**6)
 
 
 

@@ -475,3 +475,50 @@ def test_rollouts_dither_is_the_applied_input():
     assert 0.3 < float((data.u - plain.u)[:, 0].std()) < 0.7          # the dither is there, at its scale
     with pytest.raises(lqgt.errors.ConfigError, match="dither"):
         lqgt.learn.rollouts(plant, K, horizon=5, batch=2, dither=-1.0)
+
+
+def _rotation_mismatch():
+    """benchmarks/learned_experiments.py's ``rotation10``: true dynamics rotated 10° past the nominal."""
+    def osc(theta):
+        c, s = math.cos(theta), math.sin(theta)
+        return lqgt.Plant(0.995 * np.array([[c, -s], [s, c]]), np.eye(2), [[1.0, 0.0]], W=1e-3 * np.eye(2), V=[[1.0]])
+
+    nominal, true = osc(0.3), osc(0.3 + math.radians(10.0))
+    return true, nominal, lqgt.lqg(nominal, np.eye(2), 100.0 * np.eye(2)).K
+
+
+@pytest.mark.parametrize("dither", [0.0, 0.3])
+def test_mismatch_training_data_needs_exploration_to_close_the_loop(dither):
+    """Regression (rotation10 diverged at +130 dB): trained on nominal-KF loops without dither, the
+    network reads the state off ``u[t-1] = -K x̂_KF[t-1]`` and its own loop goes unstable; with
+    dithered inputs it learns the input's effect, stays stable and beats the nominal KF."""
+    torch.set_num_threads(1)
+    true, nominal, K = _rotation_mismatch()
+    data = rollouts(true, K, horizon=100, batch=256, seed=0, estimator=lqgt.KalmanFilter(nominal), kalman=False,
+                    dither=dither)
+    est = lqgt.TransformerEstimator(2, 2, 1, window=8, layers=1, heads=2, width=16, seed=0)
+    fit(est, data, loss="state_mse", steps=300, lr=3e-3, batch=32, progress=False, seed=0, schedule="cosine",
+        warmup=30)
+    ev = evaluate(est, true, K, np.eye(2), 100.0 * np.eye(2), horizon=100, batch=200, seed=1_000_000,
+                  kalman=lqgt.KalmanFilter(true, steady=False),
+                  baselines={"nominal_kf": lqgt.KalmanFilter(nominal, steady=False)})
+    gain = ev.mse_db["learned"] - ev.mse_db["nominal_kf"]
+    if dither:
+        assert gain < -0.3, (ev.mse_db, ev.cost)   # stable, and better than the wrong model
+        assert ev.cost["learned"] < 1.1 * ev.cost["nominal_kf"], (ev.mse_db, ev.cost)
+    else:
+        assert not gain < 20.0, (ev.mse_db, ev.cost)   # the shortcut: unstable in its own loop
+
+
+@pytest.mark.gpu
+def test_compiled_step_equals_forward_on_gpu():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    est = _tiny("current", layers=2).to("cuda").eval()
+    est.compile = True
+    g = torch.Generator().manual_seed(3)
+    y, u = torch.randn(4, 9, 1, generator=g, dtype=F64).cuda(), torch.randn(4, 9, 1, generator=g, dtype=F64).cuda()
+    with torch.no_grad():
+        ref = est(y, u)
+        out = _stream(est, y, u)
+    assert torch.allclose(out, ref, atol=1e-10, rtol=0)

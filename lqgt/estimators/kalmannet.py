@@ -6,7 +6,7 @@ aided Kalman filtering for partially known dynamics" (IEEE TSP, 2022). Each step
 ```text
 x̂⁻  = A x̂⁺[t-1] + B u[t-1]                (x̂⁻ = m0 at t = 0)
 ŷ   = C x̂⁻ (+ D u[t])                       innovation δ = y[t] − ŷ
-G   = Lf + s · reshape(head(h[t]))          h[t] = GRU(features[t], h[t-1])
+G   = L[t] + s · reshape(head(h[t]))        h[t] = GRU(features[t], h[t-1])
 x̂⁺  = x̂⁻ + G δ
 ```
 
@@ -15,11 +15,13 @@ The features are the paper's four differences, divided by fixed scales from the 
 difference ``y[t] − y[t-1]``, the innovation ``δ``, the forward-evolution difference
 ``x̂⁺[t-1] − x̂⁺[t-2]`` and the forward-update difference ``x̂⁺[t-1] − x̂⁻[t-1]``.
 
-Unlike the paper, the network outputs a *correction* to the steady Kalman gain ``Lf`` and
-its last layer starts at zero: the untrained KalmanNet is exactly the steady Kalman filter
-(a test checks it), and training can only start from the optimal linear filter of the
-nominal model. This makes training stable where the paper's from-scratch gains are known
-to fail to converge, and keeps the learned part small where the model is right.
+Unlike the paper, the network outputs a *correction* to the Kalman gain ``L[t]`` of the
+model (the steady gain ``Lf`` by default; with ``steady=False`` the time-varying gains of the
+Kalman filter started from ``P0``, which reach ``Lf`` after the transient) and its last
+layer starts at zero: the untrained KalmanNet is exactly the Kalman filter of the model (a
+test checks it), and training starts from the optimal linear filter of the nominal model.
+This makes training stable where the paper's from-scratch gains are known to fail to
+converge, and keeps the learned part small where the model is right.
 """
 
 from __future__ import annotations
@@ -37,6 +39,22 @@ from ._model import as_model, model_config
 from .learned import LearnedEstimator, register
 
 __all__ = ["KalmanNet"]
+
+
+def _gain_schedule(model, Lf: np.ndarray, max_steps: int = 10_000) -> np.ndarray:
+    """Kalman gains ``L[t] = P⁻[t] C'(C P⁻[t] C' + V)⁻¹`` from ``P⁻[0] = P0`` until they reach ``Lf``."""
+    A, C, W, V = model.A, model.C, model.W, model.V
+    P, out, I = np.asarray(model.P0, float), [], np.eye(model.n)
+    tol = 1e-13 * (1.0 + np.abs(Lf).max())
+    for _ in range(max_steps):
+        L = _filter_gain(C, P, V)
+        if np.abs(L - Lf).max() <= tol:
+            break
+        out.append(L)
+        J = I - L @ C
+        P = A @ (J @ P @ J.T + L @ V @ L.T) @ A.T + W
+        P = 0.5 * (P + P.T)
+    return np.asarray(out, float).reshape(-1, model.n, model.p)
 
 
 @register
@@ -57,6 +75,11 @@ class KalmanNet(LearnedEstimator):
         Scale ``s`` of the network's gain correction (the correction head starts at zero).
     seed : int, optional
         Seed of the parameter initialisation.
+    steady : bool
+        ``True`` (default): the base gain is the steady Kalman gain (the untrained net is
+        ``lqgt.KalmanFilter(plant, form)``); ``False``: the time-varying Kalman gains from
+        ``P0`` (the untrained net is ``lqgt.KalmanFilter(plant, form, steady=False)``, the
+        reference of :func:`lqgt.learn.evaluate`).
 
     Raises
     ------
@@ -73,7 +96,7 @@ class KalmanNet(LearnedEstimator):
     """
 
     def __init__(self, plant: Any, hidden: int = 32, form: str = "current", gain_scale: float = 0.1,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, steady: bool = True) -> None:
         model = as_model(plant, "KalmanNet")
         super().__init__(model.n, model.m, model.p, form=form)
         if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
@@ -82,7 +105,10 @@ class KalmanNet(LearnedEstimator):
             raise ConfigError(f"KalmanNet: gain_scale must be a positive number, got {gain_scale!r}")
         if form == "current" and model.has_feedthrough:
             raise ConfigError("KalmanNet: the current form needs D = 0 (u[t] depends on x̂[t|t]); use form='predictor'")
+        if not isinstance(steady, (bool, np.bool_)):
+            raise ConfigError(f"KalmanNet: steady must be True or False, got {steady!r}")
         self.model, self.hidden, self.gain_scale, self.seed = model, int(hidden), float(gain_scale), seed
+        self.steady = bool(steady)
         _, P, _ = dlqe(model.A, model.C, model.W, model.V)
         Lf = _filter_gain(model.C, P, model.V)
         S = model.C @ P @ model.C.T + model.V
@@ -90,6 +116,9 @@ class KalmanNet(LearnedEstimator):
         for name, val in (("A", model.A), ("B", model.B), ("C", model.C), ("D", model.D), ("m0", model.m0),
                           ("Lf", Lf), ("y_scale", np.sqrt(np.diag(S))), ("x_scale", np.sqrt(np.maximum(np.diag(P), 1e-300)))):
             self.register_buffer(name, torch.tensor(np.asarray(val, dtype=float), **f64))
+        # gains of the transient (time-varying filter), rebuilt from the config: not saved
+        sched = np.zeros((0, model.n, model.p)) if self.steady else _gain_schedule(model, Lf)
+        self.register_buffer("L_sched", torch.tensor(sched, **f64), persistent=False)
         gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
         n, p = self.n, self.p
         self.gru = nn.GRUCell(2 * p + 2 * n, self.hidden, dtype=torch.float64)
@@ -110,7 +139,7 @@ class KalmanNet(LearnedEstimator):
         dict
         """
         return {"plant": model_config(self.model), "hidden": self.hidden, "form": self.form,
-                "gain_scale": self.gain_scale, "seed": self.seed}
+                "gain_scale": self.gain_scale, "seed": self.seed, "steady": self.steady}
 
     # ---- one step, shared by both modes ----------------------------------------------------
     def _start(self, B: int, device, dtype) -> dict:
@@ -136,7 +165,9 @@ class KalmanNet(LearnedEstimator):
         f4 = (s["post1"] - s["prior1"]) / self.x_scale
         feats = torch.cat([f1, innov / self.y_scale, f3, f4], dim=-1)
         h = self.gru(feats, s["h"])
-        G = self.Lf + self.gain_scale * self.head(h).view(-1, self.n, self.p)
+        t = s["t"]
+        base = self.L_sched[t] if t < self.L_sched.shape[0] else self.Lf
+        G = base + self.gain_scale * self.head(h).view(-1, self.n, self.p)
         post = prior + (G @ innov.unsqueeze(-1)).squeeze(-1)
         s = {"t": s["t"] + 1, "prior": prior, "post1": post, "post2": s["post1"], "prior1": prior, "y1": y, "h": h,
              "u_prev": s["u_prev"]}

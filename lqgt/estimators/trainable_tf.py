@@ -54,11 +54,21 @@ class TrainableTransformerFilter(LearnedEstimator):
         Seed of the random initialisation.
     form : {"predictor"}
         The Transformer Filter estimates ``x̃[t+1]``; ``"current"`` is refused.
+    inputs : {"assumed", "value"}
+        How the input enters when ``K`` is given (ignored without ``K``, where ``u`` is a
+        token). ``"assumed"`` (default): the construction itself, ``u = −K x̃`` is built into
+        ``M`` and the ``u`` passed in is ignored, so the filter is right only in its own loop:
+        train it on data of that loop (``lqgt.learn.rollouts(..., estimator=tf)``) or with
+        ``loss="closed_loop_cost"``, not on rollouts driven by another estimator.
+        ``"value"``: the same tokens and attention, but each value is
+        ``v[i] = M' z[i] + B_u u[i]`` with ``M' = [A − LC, L]`` and a trainable ``B_u``
+        (initialised to ``B − LD``): equal to the construction (to rounding) in its own loop
+        with gain ``K``, and correct on data of any loop.
 
     Raises
     ------
     ConfigError
-        Bad ``plant``, ``window``, ``beta``, ``init`` or ``form``.
+        Bad ``plant``, ``window``, ``beta``, ``init``, ``form`` or ``inputs``.
 
     Examples
     --------
@@ -69,7 +79,8 @@ class TrainableTransformerFilter(LearnedEstimator):
     """
 
     def __init__(self, plant: Any, window: int = 32, beta: float = 1.0, K=None, S=None,
-                 init: str = "construction", seed: int | None = None, form: str = "predictor") -> None:
+                 init: str = "construction", seed: int | None = None, form: str = "predictor",
+                 inputs: str = "assumed") -> None:
         model = as_model(plant, "TrainableTransformerFilter")
         if form != "predictor":
             raise ConfigError("TrainableTransformerFilter: only form='predictor' (x̃[t+1], as the Transformer Filter); "
@@ -77,6 +88,8 @@ class TrainableTransformerFilter(LearnedEstimator):
         super().__init__(model.n, model.m, model.p, form=form)
         if init not in ("construction", "random"):
             raise ConfigError(f"TrainableTransformerFilter: init must be 'construction' or 'random', got {init!r}")
+        if inputs not in ("assumed", "value"):
+            raise ConfigError(f"TrainableTransformerFilter: inputs must be 'assumed' or 'value', got {inputs!r}")
         # the constructed filter checks window, beta, K and S and gives M and S
         tf = TransformerFilter(model, beta=beta, window=window, K=None if K is None else np.asarray(K, float),
                                S=None if S is None else (S if isinstance(S, str) else np.asarray(S, float)))
@@ -84,12 +97,19 @@ class TrainableTransformerFilter(LearnedEstimator):
         self.K = None if K is None else np.asarray(tf.K, float)
         self.S_arg = None if S is None else (S if isinstance(S, str) else np.asarray(S, float).tolist())
         self.closed_loop = K is not None
+        self.inputs = inputs
+        self.u_value = self.closed_loop and inputs == "value"
         self.feedback_gain = self.K            # simulate warns when simulated with another K
         self.d = tf.M.shape[1]
         if not math.isfinite(self.beta):
             raise ConfigError(f"TrainableTransformerFilter: beta must be finite, got {beta!r}")
+        M = np.array(tf.M, dtype=float)
+        if self.u_value:                   # take -BK + LDK out of M: the input enters as B_u u
+            Bu = np.asarray(model.B, float) - tf.L @ np.asarray(model.D, float)
+            M[:, :self.n] += Bu @ self.K
+            self.B_u = torch.nn.Parameter(torch.tensor(Bu, dtype=torch.float64))
         if init == "construction":
-            self.attn = TransformerFilterAttention.from_construction(tf.M, tf.S, self.beta, self.window)
+            self.attn = TransformerFilterAttention.from_construction(M, tf.S, self.beta, self.window)
         else:
             self.attn = TransformerFilterAttention(self.d, self.n, self.window, scale=self.beta).double()
             gen = torch.Generator().manual_seed(int(seed) if seed is not None else 0)
@@ -102,8 +122,8 @@ class TrainableTransformerFilter(LearnedEstimator):
         self.register_buffer("D", torch.tensor(np.asarray(model.D, float), dtype=torch.float64))
 
     @classmethod
-    def from_construction(cls, plant: Any, beta: float = 50.0, window: int = 32, K=None, S=None
-                          ) -> "TrainableTransformerFilter":
+    def from_construction(cls, plant: Any, beta: float = 50.0, window: int = 32, K=None, S=None,
+                          form: str = "predictor", inputs: str = "assumed") -> "TrainableTransformerFilter":
         """The Transformer Filter of ``plant`` (SPEC §3), as a trainable module.
 
         Parameters
@@ -118,12 +138,23 @@ class TrainableTransformerFilter(LearnedEstimator):
             Feedback gain of the closed-loop construction (``None``: exogenous inputs).
         S : array_like or "whiten", optional
             Distance weight.
+        form : {"predictor"}
+            Only the predictor form exists (the construction estimates ``x̃[t+1]``);
+            ``"current"`` raises :class:`~lqgt.errors.ConfigError`.
+        inputs : {"assumed", "value"}
+            With ``K``: the input built into ``M`` (the construction) or entering the values
+            through a trainable ``B_u`` (see the class).
 
         Returns
         -------
         TrainableTransformerFilter
+
+        Raises
+        ------
+        ConfigError
+            Bad ``plant``, ``window``, ``beta``, ``K``, ``S``, ``form`` or ``inputs``.
         """
-        return cls(plant, window=window, beta=beta, K=K, S=S, init="construction")
+        return cls(plant, window=window, beta=beta, K=K, S=S, init="construction", form=form, inputs=inputs)
 
     def config(self) -> dict:
         """Constructor arguments (matrices as nested lists).
@@ -134,7 +165,7 @@ class TrainableTransformerFilter(LearnedEstimator):
         """
         return {"plant": model_config(self.model), "window": self.window, "beta": self.beta,
                 "K": None if self.K is None else self.K.tolist(), "S": self.S_arg, "init": self.init_kind,
-                "seed": self.seed, "form": self.form}
+                "seed": self.seed, "form": self.form, "inputs": self.inputs}
 
     # ---- one attention step, shared by both modes ------------------------------------------
     def _start(self, B: int, device, dtype):
@@ -149,6 +180,8 @@ class TrainableTransformerFilter(LearnedEstimator):
         x, keys, values, t = state
         z = torch.cat([x, y] if self.closed_loop else [x, y, u], dim=-1)
         q, k, v = self.attn.project(z)
+        if self.u_value:
+            v = v + u @ self.B_u.T
         keys = torch.cat([keys[:, 1:], k.unsqueeze(1)], dim=1)
         values = torch.cat([values[:, 1:], v.unsqueeze(1)], dim=1)
         logits = (keys @ q.unsqueeze(-1)).squeeze(-1)                       # (B, H)
@@ -169,7 +202,7 @@ class TrainableTransformerFilter(LearnedEstimator):
         y : torch.Tensor, shape (B, T, p)
             Measurements.
         u : torch.Tensor, shape (B, T, m)
-            Inputs (tokens only in the exogenous mode, ``K=None``).
+            Inputs (a token without ``K``; with ``K`` used only by ``inputs="value"``).
 
         Returns
         -------

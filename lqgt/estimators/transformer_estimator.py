@@ -116,6 +116,30 @@ class _Block(nn.Module):
         h = h + self.proj(o)
         return self._mlp(h), (Kc, Vc)
 
+    def fast_step(self, h: torch.Tensor, Kc: torch.Tensor, Vc: torch.Tensor, slot: torch.Tensor,
+                  off: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Streaming mode without autograd: updates the rings ``Kc``, ``Vc`` in place.
+
+        ``slot``: the ring slot of this step, an int (eager) or a one-element index tensor
+        (compiled: one graph serves every step); ``valid`` ``(window,)`` marks the filled
+        slots (``None``: all are).
+        """
+        B, width = h.shape
+        H, dh = self.heads, self.dh
+        q, k, v = self.qkv(self.ln1(h)).view(B, 3, H, dh).unbind(1)
+        if isinstance(slot, int):  # eager: a plain strided write
+            Kc[:, :, slot] = k
+            Vc[:, :, slot] = v
+        else:  # compiled: an index tensor keeps one graph for every slot
+            Kc.index_copy_(2, slot, k.unsqueeze(2))
+            Vc.index_copy_(2, slot, v.unsqueeze(2))
+        s = (q.unsqueeze(2) @ Kc.transpose(-1, -2)).squeeze(2) / math.sqrt(dh) + self.rel[:, off]
+        if valid is not None:
+            s = s.masked_fill(~valid, float("-inf"))
+        att = torch.softmax(s, dim=-1)
+        o = (att.unsqueeze(2) @ Vc).reshape(B, width)
+        return self._mlp(h + self.proj(o))
+
 
 @register
 class TransformerEstimator(LearnedEstimator):
@@ -150,6 +174,10 @@ class TransformerEstimator(LearnedEstimator):
         Add the linear skip (a learned FIR filter over the window of tokens).
     seed : int, optional
         Seed of the parameter initialisation (default: torch's global generator).
+    compile : bool
+        Run the per-step core of :meth:`step` (without autograd) through
+        :func:`torch.compile`: one fused graph for every step, worth it on a GPU at large
+        batch; the first step compiles (tens of seconds). Not saved in checkpoints.
 
     Raises
     ------
@@ -165,7 +193,8 @@ class TransformerEstimator(LearnedEstimator):
     """
 
     def __init__(self, n: int, m: int, p: int, window: int = 32, layers: int = 2, heads: int = 4, width: int = 64,
-                 form: str = "current", *, mlp_ratio: int = 2, skip: bool = True, seed: int | None = None) -> None:
+                 form: str = "current", *, mlp_ratio: int = 2, skip: bool = True, seed: int | None = None,
+                 compile: bool = False) -> None:
         super().__init__(n, m, p, form=form)
         for name, v in (("window", window), ("layers", layers), ("heads", heads), ("width", width),
                         ("mlp_ratio", mlp_ratio)):
@@ -175,6 +204,8 @@ class TransformerEstimator(LearnedEstimator):
             raise ConfigError(f"TransformerEstimator: width={width} must be divisible by heads={heads}")
         self.window, self.layers, self.heads, self.width = window, layers, heads, width
         self.mlp_ratio, self.skip, self.seed = mlp_ratio, bool(skip), seed
+        self.compile = bool(compile)
+        self._core = None  # the torch.compile'd fast step core, built on first use
         d = p + m
         gen_state = None
         if seed is not None:
@@ -317,8 +348,8 @@ class TransformerEstimator(LearnedEstimator):
         -------
         state : dict
             Step counter, previous input, token ring ``(B, window, p + m)``, per-layer
-            key/value rings ``(B, heads, window, width / heads)`` and the table of slot
-            offsets ``(window, window)``.
+            key/value rings ``(B, heads, window, width / heads)``, the table of slot
+            offsets ``(window, window)`` and the tables of slot indices and filled slots.
         x_hat0 : torch.Tensor, shape (batch, n)
             ``x_init`` (the mean initial state of the training data).
         """
@@ -327,9 +358,10 @@ class TransformerEstimator(LearnedEstimator):
         z = dict(device=device, dtype=dtype)
         caches = [(torch.zeros(batch, H, W, dh, **z), torch.zeros(batch, H, W, dh, **z)) for _ in self.blocks]
         r = torch.arange(W, device=device)
+        offsets = (r[:, None] - r[None, :]) % W
         state = {"t": 0, "u_prev": torch.zeros(batch, self.m, **z),
                  "tokens": torch.zeros(batch, W, self.p + self.m, **z), "caches": caches,
-                 "offsets": (r[:, None] - r[None, :]) % W}
+                 "offsets": offsets, "slots": r, "valid": offsets <= r[:, None]}
         return state, self.x_init.to(**z).expand(batch, -1).clone()
 
     def step(self, state: dict, y: torch.Tensor, u: torch.Tensor) -> tuple[dict, torch.Tensor]:
@@ -355,6 +387,8 @@ class TransformerEstimator(LearnedEstimator):
         u_prev = u if self.form == "current" else state["u_prev"]
         z = torch.cat([y / self.y_scale, u_prev / self.u_scale], dim=-1)
         W = self.window
+        if not torch.is_grad_enabled() and "slots" in state:
+            return self._fast_step(state, z, u)
         ring = state["tokens"]
         if torch.is_grad_enabled():
             ring = ring.clone()
@@ -372,6 +406,42 @@ class TransformerEstimator(LearnedEstimator):
             out = out + torch.einsum("bwd,ndw->bn", ring, taps)
         if self.form == "predictor":
             out = out + (u / self.u_scale) @ self.gain_u[: self.n].T
-        state = {"t": t + 1, "u_prev": u if self.form == "predictor" else state["u_prev"],
-                 "tokens": ring, "caches": caches, "offsets": state["offsets"]}
+        state = dict(state, t=t + 1, u_prev=u if self.form == "predictor" else state["u_prev"], tokens=ring,
+                     caches=caches)
         return state, out * self.x_scale
+
+    def _fast_step(self, state: dict, z: torch.Tensor, u: torch.Tensor) -> tuple[dict, torch.Tensor]:
+        """:meth:`step` without autograd: every ring updated in place, one graph for all steps."""
+        t, W = state["t"], self.window
+        i = t % W
+        if self.compile:
+            if self._core is None:
+                self._core = torch.compile(self._fast_core, dynamic=False)
+            out = self._core(z, state["tokens"], state["caches"], state["slots"][i:i + 1], state["offsets"][i],
+                             state["valid"][min(t, W - 1)])
+        else:
+            out = self._fast_core(z, state["tokens"], state["caches"], i, state["offsets"][i],
+                                  state["valid"][t] if t < W - 1 else None)
+        if self.form == "predictor":
+            out = out + (u / self.u_scale) @ self.gain_u[: self.n].T
+        state["t"] = t + 1
+        if self.form == "predictor":
+            state["u_prev"] = u
+        return state, out * self.x_scale
+
+    def _fast_core(self, z: torch.Tensor, ring: torch.Tensor, caches: list, slot: Any, off: torch.Tensor,
+                   valid: torch.Tensor | None) -> torch.Tensor:
+        """Normalised state readout of one step; writes ``z`` and the keys/values into the rings."""
+        W = self.window
+        if isinstance(slot, int):
+            ring[:, slot] = z
+        else:
+            ring.index_copy_(1, slot, z.unsqueeze(1))
+        h = self.embed(z)
+        for blk, (Kc, Vc) in zip(self.blocks, caches):
+            h = blk.fast_step(h, Kc, Vc, slot, off, valid)
+        out = self.ln_f(h) @ self.head.weight[: self.n].T + self.head.bias[: self.n]
+        if self.fir is not None:
+            taps = self.fir[: self.n][:, :, W - 1 - off]  # (n, d, W)
+            out = out + ring.flatten(1) @ taps.permute(2, 1, 0).reshape(-1, self.n)
+        return out

@@ -8,6 +8,8 @@ from .data import Rollouts, rollouts
 from .evaluate import EvaluationResult, evaluate
 from .fit import TrainingLog, fit
 from .losses import closed_loop_cost, output_prediction, state_mse
+from .kalman_optimizer import KalmanOptimizer, StructuredCovariance
+from .bayesian_head import BayesianHead, relu_moments, softmax_moments
 
 __all__ = [
     "Rollouts",
@@ -20,4 +22,9 @@ __all__ = [
     "state_mse",
     "output_prediction",
     "closed_loop_cost",
+    "KalmanOptimizer",
+    "StructuredCovariance",
+    "BayesianHead",
+    "relu_moments",
+    "softmax_moments",
 ]

@@ -460,7 +460,7 @@ def _one(pl: Plant, K, horizon, batch, seed, dev, dt, estimator, kalman, index, 
     d = None
     if np.any(sd > 0):
         g = torch.Generator(device=dev).manual_seed(int(seed) + 7_777_777)
-        d = torch.randn(batch, horizon, pl.m, generator=g, device=dev, dtype=dt) * torch.as_tensor(sd, device=dev,
+        d = torch.randn(batch, horizon, pl.m, generator=g, device=dev, dtype=dt) * torch.as_tensor(sd.copy(), device=dev,
                                                                                                    dtype=dt)
     with torch.no_grad():
         res = simulate(pl, Kmat, {"data": est}, Q=np.eye(pl.n), R=np.eye(pl.m), horizon=horizon, batch=batch,
