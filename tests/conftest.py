@@ -18,6 +18,13 @@ import torch
 # makes the suite's runtime predictable; benchmarks choose their own thread counts.
 torch.set_num_threads(1)
 
+# Without CUDA, Triton kernels can only run in Triton's interpreter; the switch must be set
+# before any test (or torch itself) imports triton, so it is set here, for the whole session.
+if not torch.cuda.is_available():
+    import os
+
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 def random_psd(rng: np.random.Generator, n: int, *, rank: int | None = None, floor: float = 0.0) -> np.ndarray:
     """Random symmetric PSD matrix of the given rank (full by default) plus ``floor * I``."""
