@@ -11,11 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..errors import ConfigError
 from ..plant import Plant
 
-__all__ = ["as_model", "model_config"]
+__all__ = ["as_model", "model_config", "predicted_outputs"]
 
 _FIELDS = ("A", "B", "C", "D", "W", "V", "m0", "P0")
 
@@ -37,3 +38,9 @@ def as_model(plant: Any, who: str) -> Plant:
         return Plant(plant["A"], plant["B"], plant["C"], W=plant["W"], V=plant["V"], D=plant["D"],
                      m0=plant["m0"], P0=plant["P0"], dt=plant.get("dt", 1.0))
     raise ConfigError(f"{who}: plant must be an lqgt.Plant (the estimator's model), got {type(plant).__name__}")
+
+
+def predicted_outputs(x_next: torch.Tensor, u: torch.Tensor, C: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
+    """``ŷ[t+1] = C x̂[t+1|t] + D u[t+1]`` for sequences ``(B, T, ·)`` (``u[T]`` taken as zero)."""
+    u_next = torch.cat([u[:, 1:], torch.zeros_like(u[:, :1])], dim=1)
+    return x_next @ C.T + u_next @ D.T

@@ -34,7 +34,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..riccati import _filter_gain, dlqe
-from ._model import as_model, model_config
+from ._model import as_model, model_config, predicted_outputs
 
 from .learned import LearnedEstimator, register
 
@@ -221,8 +221,7 @@ class KalmanNet(LearnedEstimator):
             ``out[:, t]`` predicts ``y[t+1]``.
         """
         _, pred = self._run(y, u)
-        u_next = torch.cat([u[:, 1:], torch.zeros_like(u[:, :1])], dim=1)
-        return pred @ self.C.T + u_next @ self.D.T
+        return predicted_outputs(pred, u, self.C, self.D)
 
     # ---- protocol mode ---------------------------------------------------------------------
     def init(self, batch: int, *, device: torch.device, dtype: torch.dtype) -> tuple[Any, torch.Tensor]:

@@ -20,7 +20,7 @@ import torch
 
 from ..errors import ConfigError
 from ..layers.tf_attention import TransformerFilterAttention, scaled_logits
-from ._model import as_model, model_config
+from ._model import as_model, model_config, predicted_outputs
 from .learned import LearnedEstimator, register
 from .transformer import TransformerFilter
 
@@ -232,8 +232,7 @@ class TrainableTransformerFilter(LearnedEstimator):
         torch.Tensor, shape (B, T, p)
         """
         x = self.forward(y, u)
-        u_next = torch.cat([u[:, 1:], torch.zeros_like(u[:, :1])], dim=1)
-        return x @ self.C.T + u_next @ self.D.T
+        return predicted_outputs(x, u, self.C, self.D)
 
     # ---- protocol mode ---------------------------------------------------------------------
     def init(self, batch: int, *, device: torch.device, dtype: torch.dtype) -> tuple[Any, torch.Tensor]:
