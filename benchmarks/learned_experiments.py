@@ -171,6 +171,28 @@ def fmt(s: dict, spec: str = "+.3f", scale: float = 1.0, unit: str = "") -> str:
 
 
 # ------------------------------------------------------------------------------------ experiments
+def matched_summary(runs: dict, T: int, seeds: int) -> dict:
+    """Rows and markdown table of the matched-model runs ``{(plant, estimator): [run, ...]}``."""
+    rows = []
+    for (pname, ename), rr in runs.items():
+        if rr:
+            rows.append(dict(plant=pname, estimator=ename, runs=rr,
+                             db_T=spread(r["db_T"] for r in rr), db_10T=spread(r["db_10T"] for r in rr),
+                             gap_10T=spread(r["gap_10T"] for r in rr), kf_gap_10T=spread(r["kf_gap_10T"] for r in rr),
+                             within_01=sum(r["db_T"] <= 0.1 for r in rr), within_02=sum(r["db_10T"] <= 0.2 for r in rr)))
+    lines = [f"## Matched model (training horizon T = {T}; medians [min, max] over the seeds run, of {seeds})", "",
+             "| plant | estimator | dB vs KF @T | dB vs KF @10T | seeds ≤0.1 / ≤0.2 dB | cost vs LQG @10T | KF cost vs LQG @10T | CI of the median run |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        med = sorted(r["runs"], key=lambda x: x["gap_10T"])[len(r["runs"]) // 2]
+        lo, hi = med["gap_10T_ci"]
+        lines.append(f"| {r['plant']} | {r['estimator']} | {fmt(r['db_T'])} | {fmt(r['db_10T'])} | "
+                     f"{r['within_01']}/{len(r['runs'])} , {r['within_02']}/{len(r['runs'])} | "
+                     f"{fmt(r['gap_10T'], '+.2f', 100, '%')} | {fmt(r['kf_gap_10T'], '+.2f', 100, '%')} | "
+                     f"[{100 * lo:+.2f}%, {100 * hi:+.2f}%] |")
+    return {"rows": rows, "table": "\n".join(lines)}
+
+
 def matched(args, makers) -> dict:
     T = args.horizon
     names = args.plants or MATCHED_PLANTS
@@ -178,27 +200,10 @@ def matched(args, makers) -> dict:
     runs = {(pname, ename): [] for pname in names for ename in makers}
 
     def summary() -> dict:
-        rows = []
-        for (pname, ename), rr in runs.items():
-            if rr:
-                rows.append(dict(plant=pname, estimator=ename, runs=rr,
-                                 db_T=spread(r["db_T"] for r in rr), db_10T=spread(r["db_10T"] for r in rr),
-                                 gap_10T=spread(r["gap_10T"] for r in rr), kf_gap_10T=spread(r["kf_gap_10T"] for r in rr),
-                                 within_01=sum(r["db_T"] <= 0.1 for r in rr), within_02=sum(r["db_10T"] <= 0.2 for r in rr)))
-        lines = [f"## Matched model (training horizon T = {T}; medians [min, max] over the seeds run, of {args.seeds})", "",
-                 "| plant | estimator | dB vs KF @T | dB vs KF @10T | seeds ≤0.1 / ≤0.2 dB | cost vs LQG @10T | KF cost vs LQG @10T | CI of the median run |",
-                 "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for r in rows:
-            med = sorted(r["runs"], key=lambda x: x["gap_10T"])[len(r["runs"]) // 2]
-            lo, hi = med["gap_10T_ci"]
-            lines.append(f"| {r['plant']} | {r['estimator']} | {fmt(r['db_T'])} | {fmt(r['db_10T'])} | "
-                         f"{r['within_01']}/{len(r['runs'])} , {r['within_02']}/{len(r['runs'])} | "
-                         f"{fmt(r['gap_10T'], '+.2f', 100, '%')} | {fmt(r['kf_gap_10T'], '+.2f', 100, '%')} | "
-                         f"[{100 * lo:+.2f}%, {100 * hi:+.2f}%] |")
-        return {"rows": rows, "table": "\n".join(lines)}
+        return matched_summary(runs, T, len(args.seed_list))
 
     deadline = time.perf_counter() + args.budget["matched"]
-    for s in range(args.seeds):  # seeds outermost: a time budget cuts every configuration alike
+    for s in args.seed_list:  # seeds outermost: a time budget cuts every configuration alike
         for pname, (plant, Q, R) in problems.items():
             K = lqgt.lqg(plant, Q, R).K
             for ename, make in makers.items():
@@ -231,33 +236,38 @@ def matched(args, makers) -> dict:
     return summary()
 
 
+def mismatch_summary(runs: dict, T: int, seeds: int) -> dict:
+    """Rows and markdown table of the mismatch runs ``{(scenario, estimator): [run, ...]}``."""
+    rows = []
+    for (sname, ename), rr in runs.items():
+        if rr:
+            rows.append(dict(scenario=sname, estimator=ename, runs=rr,
+                             db_vs_nominal=spread(r["db_vs_nominal"] for r in rr),
+                             db_vs_true=spread(r["db_vs_true"] for r in rr),
+                             nominal_vs_true=spread(r["nominal_vs_true"] for r in rr),
+                             cost=spread(r["cost"] for r in rr), cost_nominal=spread(r["cost_nominal"] for r in rr),
+                             cost_true_kf=spread(r["cost_true_kf"] for r in rr)))
+    lines = [f"## Model mismatch (horizon {T}; medians [min, max] over the seeds run, of {seeds}; "
+             "loop u = -K_nominal x̂)", "",
+             "| scenario | estimator | dB vs nominal KF | dB vs true KF | nominal KF vs true KF | cost learned | cost nominal KF | cost true KF |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['scenario']} | {r['estimator']} | {fmt(r['db_vs_nominal'])} | {fmt(r['db_vs_true'])} | "
+                     f"{fmt(r['nominal_vs_true'])} | {fmt(r['cost'], '.4g')} | {fmt(r['cost_nominal'], '.4g')} | "
+                     f"{fmt(r['cost_true_kf'], '.4g')} |")
+    return {"rows": rows, "table": "\n".join(lines)}
+
+
 def mismatch(args, makers) -> dict:
     T = args.horizon
     scen = {k: v for k, v in mismatch_scenarios().items() if not args.scenarios or k in args.scenarios}
     runs = {(sname, ename): [] for sname in scen for ename in makers}
 
     def summary() -> dict:
-        rows = []
-        for (sname, ename), rr in runs.items():
-            if rr:
-                rows.append(dict(scenario=sname, estimator=ename, runs=rr,
-                                 db_vs_nominal=spread(r["db_vs_nominal"] for r in rr),
-                                 db_vs_true=spread(r["db_vs_true"] for r in rr),
-                                 nominal_vs_true=spread(r["nominal_vs_true"] for r in rr),
-                                 cost=spread(r["cost"] for r in rr), cost_nominal=spread(r["cost_nominal"] for r in rr),
-                                 cost_true_kf=spread(r["cost_true_kf"] for r in rr)))
-        lines = [f"## Model mismatch (horizon {T}; medians [min, max] over the seeds run, of {args.seeds}; "
-                 "loop u = -K_nominal x̂)", "",
-                 "| scenario | estimator | dB vs nominal KF | dB vs true KF | nominal KF vs true KF | cost learned | cost nominal KF | cost true KF |",
-                 "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for r in rows:
-            lines.append(f"| {r['scenario']} | {r['estimator']} | {fmt(r['db_vs_nominal'])} | {fmt(r['db_vs_true'])} | "
-                         f"{fmt(r['nominal_vs_true'])} | {fmt(r['cost'], '.4g')} | {fmt(r['cost_nominal'], '.4g')} | "
-                         f"{fmt(r['cost_true_kf'], '.4g')} |")
-        return {"rows": rows, "table": "\n".join(lines)}
+        return mismatch_summary(runs, T, len(args.seed_list))
 
     deadline = time.perf_counter() + args.budget["mismatch"]
-    for s in range(args.seeds):
+    for s in args.seed_list:
         for sname, (true, nominal, Q, R) in scen.items():
             K = lqgt.lqg(nominal, Q, R).K  # the controller is designed on the nominal model too
             for ename, make in makers.items():
@@ -349,7 +359,7 @@ def incontext(args, makers) -> dict:
         return _incontext_table(args, runs, held, radii, T, warm)
 
     deadline = time.perf_counter() + args.budget["incontext"]
-    for s in range(args.seeds):
+    for s in args.seed_list:
         if time.perf_counter() > deadline:
             print(f"  incontext: time budget spent, skipping seed {s}", flush=True)
             continue
@@ -379,7 +389,7 @@ def _incontext_table(args, runs, held, radii, T, warm) -> dict:
     bins = [(0.0, 0.5), (0.5, 0.8), (0.8, 0.9), (0.9, 0.95 + 1e-9)]
     lines = [f"## In context (n=4, m=1, p=2, u=0; trained on {args.ic_systems} random systems with spectral radius "
              f"<= 0.95, horizon {T}; {len(held)} held-out systems; one-step output prediction MSE vs each system's own "
-             f"Kalman predictor over steps {warm}..{T - 2}, in dB; medians [min, max] over {args.seeds} seeds)", "",
+             f"Kalman predictor over steps {warm}..{T - 2}, in dB; medians [min, max] over {len(runs)} seeds)", "",
              f"- median over systems: {fmt(spread(r['median_db'] for r in runs))} dB",
              f"- share of systems within 0.5 dB: {fmt(spread(r['frac_within_05'] for r in runs), '.0f', 100, '%')}", "",
              "| spectral radius | systems | median dB (median over seeds) | worst system dB (median over seeds) | share within 0.5 dB |",
@@ -397,6 +407,48 @@ def _incontext_table(args, runs, held, radii, T, warm) -> dict:
     return {"rows": [dict(runs=runs, radii=radii)], "table": "\n".join(lines)}
 
 
+def merge(paths, out: Path, name: str) -> None:
+    """Merge the JSON results of runs split over processes (by seed, plant, scenario or estimator).
+
+    Matched and mismatch runs are pooled per (plant or scenario, estimator), one run per seed
+    (a later file's run of the same seed replaces an earlier one); each run records the
+    device it ran on. Other experiments (in context) are taken from the first file that has
+    them. Writes ``NAME.md`` and ``NAME.json`` into ``out`` atomically.
+    """
+    pooled = {"matched": {}, "mismatch": {}}
+    rest, devices, horizons = {}, [], set()
+    for p in paths:
+        d = json.loads(Path(p).read_text())
+        horizons.add(int(d["settings"]["horizon"]))
+        dev = f"{d['device']} ({d['settings'].get('dtype') or ''})".replace(" ()", "")
+        devices.append(dev)
+        for exp, res in d["results"].items():
+            if exp not in pooled:
+                rest.setdefault(exp, res)
+                continue
+            for row in res["rows"]:
+                key = (row["plant" if exp == "matched" else "scenario"], row["estimator"])
+                by_seed = pooled[exp].setdefault(key, {})
+                for r in row["runs"]:
+                    by_seed[r["seed"]] = dict(r, device=dev)
+    if len(horizons) != 1:
+        raise SystemExit(f"--merge: the files have different training horizons {sorted(horizons)}")
+    T = horizons.pop()
+    results = {}
+    for exp, summarize in (("matched", matched_summary), ("mismatch", mismatch_summary)):
+        if pooled[exp]:
+            runs = {k: [v[s] for s in sorted(v)] for k, v in pooled[exp].items()}
+            results[exp] = summarize(runs, T, max(len(v) for v in runs.values()))
+    results.update(rest)
+    head = f"# Learned estimators (merged from {len(paths)} runs on {', '.join(sorted(set(devices)))})\n\n"
+    text = head + "\n\n".join(r["table"] for r in results.values()) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / f"{name}.md", text)
+    atomic_write_text(out / f"{name}.json", json.dumps({"merged": [str(p) for p in paths], "results": results},
+                                                       indent=1, default=str) + "\n")
+    print(text, flush=True)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -408,6 +460,12 @@ def main(argv=None) -> None:
     ap.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=EXPERIMENTS)
     ap.add_argument("--estimators", nargs="*", default=[], help="subset of estimator class names")
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--seed-list", default="",
+                    help="comma-separated training seeds to run (default 0..SEEDS-1); split seeds over processes, "
+                         "then --merge their JSON files")
+    ap.add_argument("--merge", nargs="+", default=[], metavar="JSON",
+                    help="merge the JSON files of earlier runs (split by seed, plant or estimator) into "
+                         "OUT/NAME.md and OUT/NAME.json, and print the tables; runs nothing")
     ap.add_argument("--estimator-lr", default="TrainableTransformerFilter=3e-4",
                     help="per-estimator learning rates, e.g. KalmanNet=1e-3 (default: --lr)")
     ap.add_argument("--scenarios", nargs="*", default=[], choices=("rotation10", "mass30"),
@@ -441,6 +499,9 @@ def main(argv=None) -> None:
     ap.add_argument("--loop-rounds", type=int, default=1,
                     help="mismatch: rounds of training on the estimator's own closed loop (DAgger)")
     args = ap.parse_args(argv)
+    if args.merge:
+        merge(args.merge, Path(args.out), args.name)
+        return
     args.estimator_steps = {k: int(v) for k, v in (kv.split("=") for kv in args.estimator_steps.split(",") if kv)}
     args.estimator_lr = {k: float(v) for k, v in (kv.split("=") for kv in args.estimator_lr.split(",") if kv)}
     share = {"matched": 0.5, "mismatch": 0.25, "incontext": 0.25}
@@ -449,10 +510,12 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     if args.quick:
         args.seeds, args.batch, args.lr, args.horizon = min(args.seeds, 2), 32, 3e-3, 40
+        args.seed_list = args.seed_list or ",".join(map(str, range(args.seeds)))
         args.steps = 60 if args.steps == 3000 else args.steps
         args.data_batch, args.eval_batch = 256, 200
         args.ic_systems, args.ic_per_system, args.ic_horizon, args.ic_steps = 40, 8, 30, 60
         args.ic_held_out, args.ic_eval_batch = 6, 100
+    args.seed_list = [int(s) for s in args.seed_list.split(",") if s] or list(range(args.seeds))
     args.dev = torch.device(args.device)
     args.dt = {"float32": torch.float32, "float64": torch.float64}[
         args.dtype or ("float32" if args.dev.type == "cuda" else "float64")]
@@ -463,6 +526,7 @@ def main(argv=None) -> None:
     print(f"estimators: {', '.join(makers)}; device {dev_name}, {str(args.dt).replace('torch.', '')}", flush=True)
     results, t_all = {}, time.perf_counter()
     settings = {k: v for k, v in vars(args).items() if k not in ("dev", "dt", "budget", "report")}
+    settings["dtype"] = str(args.dt).replace("torch.", "")
 
     def write() -> None:
         """Write the .md and .json of everything finished so far (atomically: a time-out keeps them)."""
