@@ -447,14 +447,16 @@ def simulate(
         every estimator sees the same outliers and the Gaussian numbers are the same as
         without outliers. The fused linear path stays exact (it reads the same scaled noise).
     backend : {"auto", "torch", "triton"}
-        ``"auto"`` (default) and ``"torch"``: the torch path. ``"triton"`` (experimental):
-        on CUDA, fixed-gain linear loops (every estimator offering ``linear_gain()``, a
-        static ``K``, no disturbance or outliers, with noise) run the fused Triton kernel of
-        :mod:`lqgt.kernels` with its own Philox noise, shared by all estimators of the call
-        (the numbers differ from the torch path's, the distribution is the same); anything
-        else, a CPU device or a missing Triton falls back to the torch path with one
-        warning. The kernel is tested in Triton's interpreter but not yet verified on a
-        GPU, which is why ``"auto"`` does not pick it yet.
+        ``"triton"``: on CUDA, fixed-gain linear loops (every estimator offering
+        ``linear_gain()``, a static ``K``, no disturbance or outliers, with noise) run the
+        fused Triton kernel of :mod:`lqgt.kernels` with its own Philox noise, shared by all
+        estimators of the call (the numbers differ from the torch path's, the distribution
+        is the same); anything else, a CPU device or a missing Triton falls back to the
+        torch path with one warning. ``"auto"`` (default): the kernel where it applies on
+        CUDA with at least 10,000 trajectories and a loop of moderate size (up to about
+        n = 8; ``AUTO_TRITON_MIN_BATCH``, ``AUTO_TRITON_MAX_TERMS``), else the torch path
+        (a missing Triton warns once per process). ``"torch"``: always the
+        torch path (the numbers of earlier lqgt versions).
 
     Returns
     -------
@@ -509,7 +511,8 @@ def simulate(
     use_triton = _use_triton(backend, dev, linear and dist is None and outliers is None and bool(noise)
                              and Kmat is not None and all(callable(getattr(est, "linear_gain", None))
                                                           and est.linear_gain() is not None
-                                                          for est in estimators.values()))
+                                                          for est in estimators.values()),
+                             batch, _loop_terms(plant, store))
     runners = {
         name: _make_runner(plant, linear, Kmat, policy, est, noise_src, Qz_np, dev, dt, min(chunk, horizon), store,
                            fused_ok=linear and dist is None, triton=use_triton)
@@ -578,14 +581,42 @@ def simulate(
     )
 
 
-def _use_triton(backend: str, dev, applies: bool) -> bool:
+#: ``backend="auto"`` runs the fused kernel on CUDA from this many trajectories on (measured on
+#: an H200 at n = 4: 5x the torch path at 1e4, 12x at 1e6; docs/gpu.md) ...
+AUTO_TRITON_MIN_BATCH = 10_000
+#: ... and for loops of at most this many non-zero matrix entries (the kernel is unrolled over
+#: them; a dense n = 16 loop has ~6000 and takes a minute to compile, so "auto" leaves it to
+#: the torch path and ``backend="triton"`` asks for it).
+AUTO_TRITON_MAX_TERMS = 1500
+_warned_no_triton = False
+
+
+def _loop_terms(plant, store: bool) -> int:
+    """Upper bound of the fused kernel's unrolled terms per step (dense matrices of the loop)."""
+    n, m, p = plant.n, plant.m, plant.p
+    w, q, k = 2 * n, n + p, n + m
+    return (w + q) * (w + k + (w + m + p if store else 0))
+
+
+def _use_triton(backend: str, dev, applies: bool, batch: int = 0, terms: int = 0) -> bool:
     """Whether the fused Triton kernel runs (``backend`` checked; a missing Triton warns once)."""
+    global _warned_no_triton
     if backend not in ("auto", "torch", "triton"):
         raise ConfigError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
-    # "auto" keeps the torch path: the fused kernel has passed its tests in Triton's interpreter
-    # but has not yet been verified on a GPU, so it runs only when asked for (docs/gpu.md).
-    if backend != "triton":
+    if backend == "torch":
         return False
+    if backend == "auto":
+        if not (applies and dev.type == "cuda" and batch >= AUTO_TRITON_MIN_BATCH and terms <= AUTO_TRITON_MAX_TERMS):
+            return False
+        from .kernels import triton_available
+
+        if not triton_available():
+            if not _warned_no_triton:
+                _warned_no_triton = True
+                warnings.warn("Triton is not installed: the fused GPU kernel is off, using the torch path",
+                              RuntimeWarning, stacklevel=3)
+            return False
+        return True
     if not applies:
         warnings.warn("backend='triton' applies only to fixed-gain linear loops under a static K without "
                       "disturbance or outliers; using the torch path", RuntimeWarning, stacklevel=3)

@@ -6,11 +6,14 @@ factors folded in: for standard normals ``e[t]`` (``n + p`` of them),
     ξ[t+1] = ξ[t] Fᵀ + e[t] Gd,      r[t] = ξ[t] Hq + e[t] Jq,      cost += Σ_k sign_k r_k[t]²
 
 (steps ``t >= burn_in`` only), and with stored trajectories ``[x; x̂; u; y][t] = ξ[t] Hᵀ +
-e[t] Je``. One kernel program owns a block of trajectories and keeps ``ξ`` and its cost in
-registers for the whole run; the small matrix products are broadcasts and ``tl.sum`` over
-padded power-of-two tiles (any ``n, m, p``; registers grow as ``(2n)²``, comfortable up to
-``n = 16``). The noise is drawn in the kernel with Philox (counter layout in
-:mod:`lqgt.kernels.philox`) or, for debugging, read from a tensor (``noise=``).
+e[t] Je``. The kernel is generated for each shape and non-zero pattern of the loop's
+matrices (:func:`_source`) and compiled once per process: one thread owns one trajectory
+and keeps ``ξ``, its noise and its cost in registers for the whole run, every small matrix
+product is unrolled into fused multiply-adds over the non-zero entries only (read through
+pointers, so one compiled kernel serves every gain, β or plant of that shape and pattern),
+and the noise is drawn in the kernel with Philox (counter layout in
+:mod:`lqgt.kernels.philox`) or, for debugging, read from a tensor (``noise=``). Generated
+sources go to ``$LQGT_CACHE`` (default ``~/.cache/lqgt``), where Triton reads them.
 """
 
 from __future__ import annotations
@@ -31,87 +34,124 @@ __all__ = ["LinearLoop", "reference_linear_loop", "run_linear_loop", "triton_ava
 
 @functools.lru_cache(maxsize=1)
 def _triton():
-    """The compiled kernel, or ``None`` without Triton."""
-    global triton, tl, philox, pair_uniform_to_normal, uint_to_uniform_float, _mat, _vm  # the JIT resolves module globals
+    """The ``triton`` module, or ``None`` without Triton."""
     try:
         import triton
-        import triton.language as tl
-        from triton.language.random import pair_uniform_to_normal, philox, uint_to_uniform_float
+        import triton.language  # noqa: F401
+        from triton.language.random import philox  # noqa: F401
     except Exception:  # noqa: BLE001 - any import failure means: no Triton
         return None
+    return triton
 
-    @triton.jit
-    def _mat(ptr, rows, cols, NR: tl.constexpr, NC: tl.constexpr):
-        return tl.load(ptr + rows[:, None] * NC + cols[None, :], mask=(rows[:, None] < NR) & (cols[None, :] < NC),
-                       other=0.0)
 
-    @triton.jit
-    def _vm(v, M):
-        """Row-vector block times matrix: ``(BB, I) x (I, J) -> (BB, J)`` by broadcast and sum."""
-        return tl.sum(v[:, :, None] * M[None, :, :], axis=1)
+def _entries(name: str, M: np.ndarray, hoist: bool) -> dict:
+    """``(i, j) -> expression`` of the non-zero entries of matrix ``M`` (read through pointer ``name``)."""
+    rows, cols = M.shape
+    return {(i, j): (f"{name}_{i}_{j}" if hoist else f"tl.load({name}_ptr + {i * cols + j})")
+            for i in range(rows) for j in range(cols) if M[i, j]}
 
-    @triton.jit
-    def kernel(xi_ptr, cost_ptr, ft_ptr, gd_ptr, hq_ptr, jq_ptr, sg_ptr, ht_ptr, je_ptr, noise_ptr, out_ptr,
-               B, t0, c, lo, seed,
-               W: tl.constexpr, Q: tl.constexpr, K: tl.constexpr, R: tl.constexpr,
-               WP: tl.constexpr, GP: tl.constexpr, KP: tl.constexpr, RP: tl.constexpr,
-               BB: tl.constexpr, STORE: tl.constexpr, EXT: tl.constexpr):
-        # the noise e (n + p per step) is handled as four (BB, GP) tiles e_k[:, g] = e[:, 4g + k]
-        # (one Philox call gives the four), and every matrix acting on e as four row-subsets
-        dt = xi_ptr.dtype.element_ty
-        pid = tl.program_id(0)
-        rb = pid * BB + tl.arange(0, BB)
-        bm = rb < B
-        iw = tl.arange(0, WP)
-        ig = tl.arange(0, GP)
-        ik = tl.arange(0, KP)
-        ir = tl.arange(0, RP)
-        FT = _mat(ft_ptr, iw, iw, W, W)
-        G0 = _mat(gd_ptr, 4 * ig + 0, iw, Q, W)
-        G1 = _mat(gd_ptr, 4 * ig + 1, iw, Q, W)
-        G2 = _mat(gd_ptr, 4 * ig + 2, iw, Q, W)
-        G3 = _mat(gd_ptr, 4 * ig + 3, iw, Q, W)
-        HQ = _mat(hq_ptr, iw, ik, W, K)
-        J0 = _mat(jq_ptr, 4 * ig + 0, ik, Q, K)
-        J1 = _mat(jq_ptr, 4 * ig + 1, ik, Q, K)
-        J2 = _mat(jq_ptr, 4 * ig + 2, ik, Q, K)
-        J3 = _mat(jq_ptr, 4 * ig + 3, ik, Q, K)
-        SG = tl.load(sg_ptr + ik, mask=ik < K, other=0.0)
-        if STORE:
-            HT = _mat(ht_ptr, iw, ir, W, R)
-            E0 = _mat(je_ptr, 4 * ig + 0, ir, Q, R)
-            E1 = _mat(je_ptr, 4 * ig + 1, ir, Q, R)
-            E2 = _mat(je_ptr, 4 * ig + 2, ir, Q, R)
-            E3 = _mat(je_ptr, 4 * ig + 3, ir, Q, R)
-        xi = tl.load(xi_ptr + rb[:, None] * W + iw[None, :], mask=bm[:, None] & (iw[None, :] < W), other=0.0)
-        acc = tl.zeros((BB,), dtype=dt)
-        c0 = rb[:, None] + ig[None, :] * 0
-        c2 = c0 * 0 + ig[None, :]
-        zero = c0 * 0
-        for k in range(c):
-            if EXT:
-                base = noise_ptr + (k * B + rb[:, None]) * Q + 4 * ig[None, :]
-                e0 = tl.load(base + 0, mask=bm[:, None] & (4 * ig[None, :] + 0 < Q), other=0.0)
-                e1 = tl.load(base + 1, mask=bm[:, None] & (4 * ig[None, :] + 1 < Q), other=0.0)
-                e2 = tl.load(base + 2, mask=bm[:, None] & (4 * ig[None, :] + 2 < Q), other=0.0)
-                e3 = tl.load(base + 3, mask=bm[:, None] & (4 * ig[None, :] + 3 < Q), other=0.0)
-            else:
-                r0, r1, r2, r3 = philox(seed, c0, zero + (t0 + k), c2, zero)
-                n0, n1 = pair_uniform_to_normal(uint_to_uniform_float(r0), uint_to_uniform_float(r1))
-                n2, n3 = pair_uniform_to_normal(uint_to_uniform_float(r2), uint_to_uniform_float(r3))
-                e0, e1, e2, e3 = n0.to(dt), n1.to(dt), n2.to(dt), n3.to(dt)
-            r = _vm(xi, HQ) + _vm(e0, J0) + _vm(e1, J1) + _vm(e2, J2) + _vm(e3, J3)
-            s = tl.sum(r * r * SG[None, :], axis=1)
-            acc += tl.where(k >= lo, s, 0.0)
-            if STORE:
-                o = _vm(xi, HT) + _vm(e0, E0) + _vm(e1, E1) + _vm(e2, E2) + _vm(e3, E3)
-                tl.store(out_ptr + (k * B + rb[:, None]) * R + ir[None, :], o, mask=bm[:, None] & (ir[None, :] < R))
-            xi = _vm(xi, FT) + _vm(e0, G0) + _vm(e1, G1) + _vm(e2, G2) + _vm(e3, G3)
-        tl.store(xi_ptr + rb[:, None] * W + iw[None, :], xi, mask=bm[:, None] & (iw[None, :] < W))
-        old = tl.load(cost_ptr + rb, mask=bm, other=0.0)
-        tl.store(cost_ptr + rb, old + acc, mask=bm)
 
-    return kernel
+def _matvec(terms: list) -> str:
+    """Sum of ``factor * entry`` terms (``0.0`` when there are none)."""
+    return " + ".join(f"{a} * {b}" for a, b in terms) if terms else "zero_f"
+
+
+def _source(W: int, Q: int, K: int, R: int, store: bool, ext: bool, pattern: tuple, hoist: bool) -> str:
+    """Triton source of the fused loop for one shape and sparsity pattern.
+
+    One program thread owns one trajectory: ``ξ`` (``W`` scalars), the step's noise (``Q``)
+    and the cost live in registers as separate ``(BB,)`` vectors, every small matrix product
+    is unrolled into fused multiply-adds over the matrices' non-zero entries (read by
+    pointer, so one compiled kernel serves every loop of the same shape and pattern), and
+    the noise is drawn with Philox in the counter layout of :mod:`lqgt.kernels.philox`.
+    """
+    FT, Gd, Hq, Jq, HT, Je = pattern
+    mats = {"ft": FT, "gd": Gd, "hq": Hq, "jq": Jq}
+    if store:
+        mats.update(ht=HT, je=Je)
+    ent = {k: _entries(k, M, hoist) for k, M in mats.items()}
+    ind = "        "
+    L = ["import triton", "import triton.language as tl",
+         "from triton.language.random import pair_uniform_to_normal, philox, uint_to_uniform_float", "", "",
+         "@triton.jit",
+         "def kernel(xi_ptr, cost_ptr, ft_ptr, gd_ptr, hq_ptr, jq_ptr, sg_ptr, ht_ptr, je_ptr, noise_ptr, out_ptr,",
+         "           B, t0, c, lo, seed, BB: tl.constexpr):",
+         "    dt = xi_ptr.dtype.element_ty",
+         "    rb = tl.program_id(0) * BB + tl.arange(0, BB)",
+         "    bm = rb < B",
+         "    rbl = rb.to(tl.int64)",
+         "    zero = rb * 0",
+         "    zero_f = tl.zeros((BB,), dtype=dt)",
+         "    acc = tl.zeros((BB,), dtype=dt)"]
+    L += [f"    x{i} = tl.load(xi_ptr + rb * {W} + {i}, mask=bm, other=0.0)" for i in range(W)]
+    L += [f"    s{j} = tl.load(sg_ptr + {j})" for j in range(K)]
+    if hoist:
+        L += [f"    {e} = tl.load({k}_ptr + {i * mats[k].shape[1] + j})" for k in ent for (i, j), e in ent[k].items()]
+    L.append("    for k in range(c):")
+    if ext:
+        L.append(f"{ind}row = k * B + rbl")
+        L += [f"{ind}e{q} = tl.load(noise_ptr + row * {Q} + {q}, mask=bm, other=0.0)" for q in range(Q)]
+    else:
+        L.append(f"{ind}tk = zero + (t0 + k)")
+        for g in range(-(-Q // 4)):
+            L.append(f"{ind}r0, r1, r2, r3 = philox(seed, rb, tk, zero + {g}, zero)")
+            L.append(f"{ind}n0, n1 = pair_uniform_to_normal(uint_to_uniform_float(r0), uint_to_uniform_float(r1))")
+            if 4 * g + 2 < Q:
+                L.append(f"{ind}n2, n3 = pair_uniform_to_normal(uint_to_uniform_float(r2), uint_to_uniform_float(r3))")
+            L += [f"{ind}e{4 * g + h} = n{h}.to(dt)" for h in range(4) if 4 * g + h < Q]
+
+    def col(a: str, b: str, j: int) -> str:
+        terms = [(f"x{i}", e) for (i, jj), e in ent[a].items() if jj == j]
+        terms += [(f"e{q}", e) for (q, jj), e in ent[b].items() if jj == j]
+        return _matvec(terms)
+
+    L += [f"{ind}r{j} = {col('hq', 'jq', j)}" for j in range(K)]
+    L.append(f"{ind}acc += tl.where(k >= lo, " + " + ".join(f"s{j} * r{j} * r{j}" for j in range(K)) + ", 0.0)")
+    if store:
+        L.append(f"{ind}row = k * B + rbl")
+        L += [f"{ind}tl.store(out_ptr + row * {R} + {j}, {col('ht', 'je', j)}, mask=bm)" for j in range(R)]
+    L += [f"{ind}y{j} = {col('ft', 'gd', j)}" for j in range(W)]
+    L += [f"{ind}x{j} = y{j}" for j in range(W)]
+    L += [f"    tl.store(xi_ptr + rb * {W} + {i}, x{i}, mask=bm)" for i in range(W)]
+    L += ["    old = tl.load(cost_ptr + rb, mask=bm, other=0.0)", "    tl.store(cost_ptr + rb, old + acc, mask=bm)", ""]
+    return "\n".join(L)
+
+
+def _cache_dir() -> str:
+    """Where generated kernel sources are written (``$LQGT_CACHE`` or ``~/.cache/lqgt``, else a temp dir)."""
+    import tempfile
+
+    for d in (os.environ.get("LQGT_CACHE"), os.path.join(os.path.expanduser("~"), ".cache", "lqgt"),
+              os.path.join(tempfile.gettempdir(), f"lqgt-{os.getuid() if hasattr(os, 'getuid') else 0}")):
+        if not d:
+            continue
+        try:
+            os.makedirs(os.path.join(d, "kernels"), exist_ok=True)
+            return os.path.join(d, "kernels")
+        except OSError:
+            continue
+    raise RuntimeError("lqgt.kernels: no writable cache directory (set LQGT_CACHE)")
+
+
+@functools.lru_cache(maxsize=64)
+def _kernel(W: int, Q: int, K: int, R: int, store: bool, ext: bool, pattern: tuple, hoist: bool):
+    """Compile (once per process and key) the generated kernel; Triton reads its source from a file."""
+    import hashlib
+    import importlib.util
+
+    from .._io import atomic_write_text
+
+    mode = "interp" if _interpreting() else "jit"
+    pat = tuple(np.frombuffer(p, dtype=bool).reshape(s) for p, s in pattern)
+    text = _source(W, Q, K, R, store, ext, pat, hoist)
+    digest = hashlib.sha1((text + mode).encode()).hexdigest()[:16]
+    path = os.path.join(_cache_dir(), f"linear_loop_{digest}.py")
+    if not os.path.exists(path):
+        atomic_write_text(path, text)
+    spec = importlib.util.spec_from_file_location(f"lqgt_kernel_{digest}_{mode}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.kernel
 
 
 def triton_available() -> bool:
@@ -121,10 +161,6 @@ def triton_available() -> bool:
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def _p2(k: int) -> int:
-    return 1 << max(0, int(k) - 1).bit_length()
 
 
 def _quadratic_factor(Qz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -211,6 +247,16 @@ class LinearLoop:
         return cls(FT=t(cl.F.T), Gd=t((cl.G @ S).T), Hq=t(cl.H[rows].T @ U), Jq=t(Sv @ cl.J[rows].T @ U),
                    sign=t(sign), HT=t(cl.H.T), Je=t(Sv @ cl.J.T), m0=t(model.m0), slices=sl)
 
+    def pattern(self, store: bool) -> tuple:
+        """Non-zero patterns of ``FT, Gd, Hq, Jq`` (and ``HT, Je`` when storing), hashable: the kernel's key."""
+        key = "_pattern_store" if store else "_pattern"
+        if getattr(self, key, None) is None:
+            mats = [self.FT, self.Gd, self.Hq, self.Jq] + ([self.HT, self.Je] if store else [])
+            pat = tuple(((M != 0).cpu().numpy().astype(bool).tobytes(), tuple(M.shape)) for M in mats)
+            pat += ((b"", (0, 0)),) * (6 - len(pat))
+            object.__setattr__(self, key, pat)
+        return getattr(self, key)
+
     @property
     def dims(self) -> tuple[int, int, int, int]:
         """``(W, Q, K, R)``: state width ``2n``, noise width ``n + p``, cost rank, output width."""
@@ -259,7 +305,7 @@ def reference_linear_loop(loop: LinearLoop, xi: torch.Tensor, e: torch.Tensor, l
 
 def run_linear_loop(loop: LinearLoop, xi: torch.Tensor, cost: torch.Tensor, *, t0: int, steps: int, lo: int = 0,
                     seed: int = 0, noise: torch.Tensor | None = None, out: torch.Tensor | None = None,
-                    block: int | None = None) -> None:
+                    block: int | None = None, hoist: bool | None = None) -> None:
     """Launch the fused kernel for steps ``t0 .. t0 + steps - 1`` (in place).
 
     Parameters
@@ -283,29 +329,36 @@ def run_linear_loop(loop: LinearLoop, xi: torch.Tensor, cost: torch.Tensor, *, t
     out : torch.Tensor of shape (steps, B, 2n + m + p), optional
         Where to write ``[x; x̂; u; y]``; ``None``: nothing is stored.
     block : int, optional
-        Trajectories per program (power of two).
+        Trajectories per program (power of two; one per thread; default 128 or
+        ``$LQGT_KERNEL_BLOCK``).
+    hoist : bool, optional
+        Load the matrix entries into registers once, before the time loop (default: when
+        they are few, or ``$LQGT_KERNEL_HOIST``), instead of reading them (cached) every step.
 
     Raises
     ------
     RuntimeError
         Triton is not available.
     """
-    kern = _triton()
-    if kern is None:
+    if _triton() is None:
         raise RuntimeError("lqgt.kernels needs Triton (pip install triton); use backend='torch'")
     B = xi.shape[0]
     W, Q, K, R = loop.dims
+    store = out is not None
+    pattern = loop.pattern(store)
+    if hoist is None:
+        env = os.environ.get("LQGT_KERNEL_HOIST", "")
+        nnz = sum(int(np.frombuffer(p, dtype=bool).sum()) for p, _ in pattern if p)
+        hoist = env == "1" if env in ("0", "1") else nnz * (2 if xi.dtype == torch.float64 else 1) <= 128
     if block is None:
-        block = 16 if _interpreting() else (64 if W > 8 or xi.dtype == torch.float64 else 128)
+        block = 16 if _interpreting() else int(os.environ.get("LQGT_KERNEL_BLOCK", "128"))
     if noise is not None:
         noise = noise.to(device=xi.device, dtype=xi.dtype).contiguous()
+    kern = _kernel(W, Q, K, R, store, noise is not None, pattern, bool(hoist))
     grid = (math.ceil(B / block),)
-    warps = 4 if _interpreting() else min(16, max(4, block * _p2(W) * max(_p2(W), _p2(R) if out is not None else 1) // 2048))
     kern[grid](xi, cost, loop.FT, loop.Gd, loop.Hq, loop.Jq, loop.sign, loop.HT, loop.Je,
-               noise if noise is not None else xi, out if out is not None else xi,
-               B, int(t0), int(steps), int(lo), int(seed),
-               W=W, Q=Q, K=K, R=R, WP=_p2(W), GP=_p2(-(-Q // 4)), KP=_p2(K), RP=_p2(R),
-               BB=block, STORE=out is not None, EXT=noise is not None, num_warps=warps)
+               noise if noise is not None else xi, out if store else xi,
+               B, int(t0), int(steps), int(lo), int(seed), BB=block, num_warps=max(1, min(8, block // 32)))
 
 
 class TritonRunner:
