@@ -7,7 +7,13 @@ dtype and batch size B the script times three closed loops, each one
 * ``kalman``   : Kalman predictor, ``u = -K x̂`` (the fused linear recursion): the reference;
 * ``tf-kernel``: Transformer Filter, ``impl="kernel"`` (Gaussian-kernel form, ring buffers);
 * ``tf-attn``  : Transformer Filter, ``impl="attention"`` (the explicit attention block
-  on the quadratic embedding, with a key/value cache).
+  on the quadratic embedding, with a key/value cache);
+* ``tf-fused`` (``--fused``, CUDA): the kernel form as one fused Triton kernel
+  (``simulate(..., backend="triton")``, :mod:`lqgt.kernels.tf_loop`; its own Philox noise,
+  so its cost differs from the others by Monte Carlo error only).
+
+On CUDA the ``kalman`` reference itself runs lqgt's fused linear kernel from 10⁴
+trajectories on (``backend="auto"``).
 
 Throughput is trajectory-steps per second, ``B × horizon / wall time`` (noise generation
 and the cost included: what a user of ``simulate`` gets). Each configuration is run once
@@ -57,14 +63,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per configuration, best kept (default 2)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fused", action="store_true", help="also time the fused Triton TF kernel (CUDA)")
     ap.add_argument("--compile", action="store_true",
                     help="also time each TF implementation with compile=True (torch.compile of the step core)")
     return ap.parse_args(argv)
 
 
-def time_loop(plant, Q, R, K, est, *, batch, horizon, dev, dtype, repeats, seed):
+def time_loop(plant, Q, R, K, est, *, batch, horizon, dev, dtype, repeats, seed, backend="auto"):
     """Warm up, then time ``simulate(store=False)``; return (best seconds, cost) or raise."""
-    common = dict(Q=Q, R=R, batch=batch, seed=seed, device=dev, dtype=dtype, store=False)
+    common = dict(Q=Q, R=R, batch=batch, seed=seed, device=dev, dtype=dtype, store=False, backend=backend)
     lqgt.simulate(plant, K, {"e": est}, horizon=min(horizon, 8), **common)  # warm-up
     best, res = timed(lambda: lqgt.simulate(plant, K, {"e": est}, horizon=horizon, **common), dev, repeats, best=True)
     return best, res.cost["e"]
@@ -93,6 +100,8 @@ def main(argv=None) -> None:
     cols = ["kalman"] + [f"tf-{'attn' if i == 'attention' else i}" for i in args.impls]
     if args.compile:
         cols += [f"tf-{'attn' if i == 'attention' else i}+c" for i in args.impls]
+    if args.fused:
+        cols.append("tf-fused")
     head = f"{'device':>6} {'dtype':>7} {'batch':>8} {'T':>4}  " + "  ".join(f"{c:>9}" for c in cols) + "  " + \
         "  ".join(f"{c + '/kal':>14}" for c in cols[1:]) + "  " + "  ".join(f"{'J ' + c:>12}" for c in cols)
     print(head)
@@ -113,11 +122,17 @@ def main(argv=None) -> None:
                     if args.compile:
                         ests[name + "+c"] = lqgt.TransformerFilter(plant, beta=args.beta, window=args.window, K=K,
                                                                    impl=impl, compile=True)
+                if args.fused:
+                    ests["tf-fused"] = lqgt.TransformerFilter(plant, beta=args.beta, window=args.window, K=K)
                 rates, costs = {}, {}
                 for name, est in ests.items():
+                    if name == "tf-fused" and dev.type != "cuda":
+                        rates[name], costs[name] = math.nan, math.nan
+                        continue
                     try:
                         sec, cost = time_loop(plant, Q, R, K, est, batch=B, horizon=T, dev=dev, dtype=dtype,
-                                              repeats=args.repeats, seed=args.seed)
+                                              repeats=args.repeats, seed=args.seed,
+                                              backend="triton" if name == "tf-fused" else "auto")
                         rates[name], costs[name] = B * T / sec, cost
                     except Exception as exc:  # noqa: BLE001 - one failed configuration must not end the table
                         if not is_oom(exc):

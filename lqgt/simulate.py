@@ -456,7 +456,9 @@ def simulate(
         CUDA with at least 10,000 trajectories and a loop of moderate size (up to about
         n = 8; ``AUTO_TRITON_MIN_BATCH``, ``AUTO_TRITON_MAX_TERMS``), else the torch path
         (a missing Triton warns once per process). ``"torch"``: always the
-        torch path (the numbers of earlier lqgt versions).
+        torch path (the numbers of earlier lqgt versions). The Transformer Filter (kernel
+        form) also has a fused kernel; it runs only with ``"triton"`` (experimental: tested
+        through Triton's interpreter, not yet on a GPU).
 
     Returns
     -------
@@ -508,11 +510,10 @@ def simulate(
     outliers = _check_outliers(outliers)
     noise_src = _Noise(plant, batch, seed, dev, dt, enabled=bool(noise), outliers=outliers)
     # the kernel only when every estimator takes it: all of them must see the same (Philox) noise
-    use_triton = _use_triton(backend, dev, linear and dist is None and outliers is None and bool(noise)
-                             and Kmat is not None and all(callable(getattr(est, "linear_gain", None))
-                                                          and est.linear_gain() is not None
-                                                          for est in estimators.values()),
-                             batch, _loop_terms(plant, store))
+    kinds = [_fused_kind(est) for est in estimators.values()]
+    plain = linear and dist is None and outliers is None and bool(noise) and Kmat is not None
+    use_triton = _use_triton(backend, dev, plain and all(k is not None for k in kinds),
+                             batch, _loop_terms(plant, store), auto_ok=all(k == "linear" for k in kinds))
     runners = {
         name: _make_runner(plant, linear, Kmat, policy, est, noise_src, Qz_np, dev, dt, min(chunk, horizon), store,
                            fused_ok=linear and dist is None, triton=use_triton)
@@ -598,15 +599,34 @@ def _loop_terms(plant, store: bool) -> int:
     return (w + q) * (w + k + (w + m + p if store else 0))
 
 
-def _use_triton(backend: str, dev, applies: bool, batch: int = 0, terms: int = 0) -> bool:
-    """Whether the fused Triton kernel runs (``backend`` checked; a missing Triton warns once)."""
+def _fused_kind(est) -> str | None:
+    """Which fused kernel can run ``est``: ``"linear"`` (a fixed gain), ``"tf"`` (the Transformer Filter's
+    kernel form; ``backend="triton"`` only, until verified on a GPU) or ``None``."""
+    lin = getattr(est, "linear_gain", None)
+    if callable(lin) and lin() is not None:
+        return "linear"
+    from .estimators.transformer import TransformerFilter
+
+    if isinstance(est, TransformerFilter) and est.impl == "kernel":
+        return "tf"
+    return None
+
+
+def _use_triton(backend: str, dev, applies: bool, batch: int = 0, terms: int = 0, auto_ok: bool = True) -> bool:
+    """Whether the fused Triton kernels run (``backend`` checked; a missing Triton warns once).
+
+    ``applies``: every estimator of the call has a fused kernel (and the loop is plain: linear
+    plant, static ``K``, noise, no disturbance or outliers); ``auto_ok``: all of them are
+    kernels that ``"auto"`` may pick.
+    """
     global _warned_no_triton
     if backend not in ("auto", "torch", "triton"):
         raise ConfigError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
     if backend == "torch":
         return False
     if backend == "auto":
-        if not (applies and dev.type == "cuda" and batch >= AUTO_TRITON_MIN_BATCH and terms <= AUTO_TRITON_MAX_TERMS):
+        if not (applies and auto_ok and dev.type == "cuda" and batch >= AUTO_TRITON_MIN_BATCH
+                and terms <= AUTO_TRITON_MAX_TERMS):
             return False
         from .kernels import triton_available
 
@@ -618,8 +638,9 @@ def _use_triton(backend: str, dev, applies: bool, batch: int = 0, terms: int = 0
             return False
         return True
     if not applies:
-        warnings.warn("backend='triton' applies only to fixed-gain linear loops under a static K without "
-                      "disturbance or outliers; using the torch path", RuntimeWarning, stacklevel=3)
+        warnings.warn("backend='triton' applies only to fixed-gain linear observers and the Transformer Filter "
+                      "(kernel form) on a linear plant under a static K without disturbance or outliers; using "
+                      "the torch path", RuntimeWarning, stacklevel=3)
         return False
     from .kernels import triton_available
 
@@ -639,6 +660,10 @@ def _make_runner(plant, linear, Kmat, policy, est, noise, Qz_np, dev, dt, chunk,
         from .kernels.linear_loop import TritonRunner
 
         return TritonRunner(plant, Kmat, est.form, lin, noise, Qz_np, dev, dt, store)
+    if triton and Kmat is not None and _fused_kind(est) == "tf":
+        from .kernels.tf_loop import TritonTFRunner
+
+        return TritonTFRunner(plant, Kmat, est, noise, Qz_np, dev, dt, store)
     if Kmat is not None and lin is not None:
         return _FusedRunner(plant, Kmat, est.form, lin, noise, Qz_np, dev, dt, chunk, store)
     return _GenericRunner(plant, linear, Kmat, policy, est, noise.x0, Qz_np, dev, dt, store)

@@ -5,6 +5,8 @@
 - :mod:`lqgt.kernels.linear_loop`: the fused fixed-gain linear closed loop (state and
   estimate in registers for the whole horizon, noise drawn in the kernel, per-trajectory
   cost accumulated in registers), its torch reference and the launcher ``run_linear_loop``.
+- :mod:`lqgt.kernels.tf_loop`: the fused Transformer Filter closed loop (kernel form; the
+  window in register tiles), launcher ``run_tf_loop`` (experimental: ``backend="triton"``).
 
 Triton is optional: :func:`triton_available` says whether the kernels can run.
 """
@@ -13,5 +15,7 @@ from __future__ import annotations
 
 from .philox import philox_normals
 from .linear_loop import LinearLoop, run_linear_loop, reference_linear_loop, triton_available
+from .tf_loop import TFLoop, run_tf_loop
 
-__all__ = ["LinearLoop", "philox_normals", "reference_linear_loop", "run_linear_loop", "triton_available"]
+__all__ = ["LinearLoop", "TFLoop", "philox_normals", "reference_linear_loop", "run_linear_loop", "run_tf_loop",
+           "triton_available"]

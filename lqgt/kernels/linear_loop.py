@@ -28,32 +28,10 @@ import torch
 
 from .._torch import tensor
 from ..closed_loop import closed_loop
+from ._codegen import (HEADER, column, entries as _entries, hoisted_loads, noise_lines, interpreting as _interpreting, load_kernel,
+                       matvec as _matvec, pattern_key, triton_module as _triton, unpack_pattern)
 
 __all__ = ["LinearLoop", "reference_linear_loop", "run_linear_loop", "triton_available"]
-
-
-@functools.lru_cache(maxsize=1)
-def _triton():
-    """The ``triton`` module, or ``None`` without Triton."""
-    try:
-        import triton
-        import triton.language  # noqa: F401
-        from triton.language.random import philox  # noqa: F401
-    except Exception:  # noqa: BLE001 - any import failure means: no Triton
-        return None
-    return triton
-
-
-def _entries(name: str, M: np.ndarray, hoist: bool) -> dict:
-    """``(i, j) -> expression`` of the non-zero entries of matrix ``M`` (read through pointer ``name``)."""
-    rows, cols = M.shape
-    return {(i, j): (f"{name}_{i}_{j}" if hoist else f"tl.load({name}_ptr + {i * cols + j})")
-            for i in range(rows) for j in range(cols) if M[i, j]}
-
-
-def _matvec(terms: list) -> str:
-    """Sum of ``factor * entry`` terms (``0.0`` when there are none)."""
-    return " + ".join(f"{a} * {b}" for a, b in terms) if terms else "zero_f"
 
 
 def _source(W: int, Q: int, K: int, R: int, store: bool, ext: bool, pattern: tuple, hoist: bool) -> str:
@@ -71,8 +49,7 @@ def _source(W: int, Q: int, K: int, R: int, store: bool, ext: bool, pattern: tup
         mats.update(ht=HT, je=Je)
     ent = {k: _entries(k, M, hoist) for k, M in mats.items()}
     ind = "        "
-    L = ["import triton", "import triton.language as tl",
-         "from triton.language.random import pair_uniform_to_normal, philox, uint_to_uniform_float", "", "",
+    L = HEADER + [
          "@triton.jit",
          "def kernel(xi_ptr, cost_ptr, ft_ptr, gd_ptr, hq_ptr, jq_ptr, sg_ptr, ht_ptr, je_ptr, noise_ptr, out_ptr,",
          "           B, t0, c, lo, seed, BB: tl.constexpr):",
@@ -86,24 +63,12 @@ def _source(W: int, Q: int, K: int, R: int, store: bool, ext: bool, pattern: tup
     L += [f"    x{i} = tl.load(xi_ptr + rb * {W} + {i}, mask=bm, other=0.0)" for i in range(W)]
     L += [f"    s{j} = tl.load(sg_ptr + {j})" for j in range(K)]
     if hoist:
-        L += [f"    {e} = tl.load({k}_ptr + {i * mats[k].shape[1] + j})" for k in ent for (i, j), e in ent[k].items()]
+        L += [line for k, M in mats.items() for line in hoisted_loads(k, M)]
     L.append("    for k in range(c):")
-    if ext:
-        L.append(f"{ind}row = k * B + rbl")
-        L += [f"{ind}e{q} = tl.load(noise_ptr + row * {Q} + {q}, mask=bm, other=0.0)" for q in range(Q)]
-    else:
-        L.append(f"{ind}tk = zero + (t0 + k)")
-        for g in range(-(-Q // 4)):
-            L.append(f"{ind}r0, r1, r2, r3 = philox(seed, rb, tk, zero + {g}, zero)")
-            L.append(f"{ind}n0, n1 = pair_uniform_to_normal(uint_to_uniform_float(r0), uint_to_uniform_float(r1))")
-            if 4 * g + 2 < Q:
-                L.append(f"{ind}n2, n3 = pair_uniform_to_normal(uint_to_uniform_float(r2), uint_to_uniform_float(r3))")
-            L += [f"{ind}e{4 * g + h} = n{h}.to(dt)" for h in range(4) if 4 * g + h < Q]
+    L += noise_lines(Q, ext, ind)
 
     def col(a: str, b: str, j: int) -> str:
-        terms = [(f"x{i}", e) for (i, jj), e in ent[a].items() if jj == j]
-        terms += [(f"e{q}", e) for (q, jj), e in ent[b].items() if jj == j]
-        return _matvec(terms)
+        return _matvec(column(ent[a], "x", j) + column(ent[b], "e", j))
 
     L += [f"{ind}r{j} = {col('hq', 'jq', j)}" for j in range(K)]
     L.append(f"{ind}acc += tl.where(k >= lo, " + " + ".join(f"s{j} * r{j} * r{j}" for j in range(K)) + ", 0.0)")
@@ -117,50 +82,16 @@ def _source(W: int, Q: int, K: int, R: int, store: bool, ext: bool, pattern: tup
     return "\n".join(L)
 
 
-def _cache_dir() -> str:
-    """Where generated kernel sources are written (``$LQGT_CACHE`` or ``~/.cache/lqgt``, else a temp dir)."""
-    import tempfile
-
-    for d in (os.environ.get("LQGT_CACHE"), os.path.join(os.path.expanduser("~"), ".cache", "lqgt"),
-              os.path.join(tempfile.gettempdir(), f"lqgt-{os.getuid() if hasattr(os, 'getuid') else 0}")):
-        if not d:
-            continue
-        try:
-            os.makedirs(os.path.join(d, "kernels"), exist_ok=True)
-            return os.path.join(d, "kernels")
-        except OSError:
-            continue
-    raise RuntimeError("lqgt.kernels: no writable cache directory (set LQGT_CACHE)")
-
-
 @functools.lru_cache(maxsize=64)
 def _kernel(W: int, Q: int, K: int, R: int, store: bool, ext: bool, pattern: tuple, hoist: bool):
     """Compile (once per process and key) the generated kernel; Triton reads its source from a file."""
-    import hashlib
-    import importlib.util
-
-    from .._io import atomic_write_text
-
-    mode = "interp" if _interpreting() else "jit"
-    pat = tuple(np.frombuffer(p, dtype=bool).reshape(s) for p, s in pattern)
-    text = _source(W, Q, K, R, store, ext, pat, hoist)
-    digest = hashlib.sha1((text + mode).encode()).hexdigest()[:16]
-    path = os.path.join(_cache_dir(), f"linear_loop_{digest}.py")
-    if not os.path.exists(path):
-        atomic_write_text(path, text)
-    spec = importlib.util.spec_from_file_location(f"lqgt_kernel_{digest}_{mode}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.kernel
+    pat = unpack_pattern(pattern)
+    return load_kernel(_source(W, Q, K, R, store, ext, pat, hoist), "linear_loop")
 
 
 def triton_available() -> bool:
     """Whether the Triton kernels can run (Triton importable)."""
     return _triton() is not None
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def _quadratic_factor(Qz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -251,8 +182,7 @@ class LinearLoop:
         """Non-zero patterns of ``FT, Gd, Hq, Jq`` (and ``HT, Je`` when storing), hashable: the kernel's key."""
         key = "_pattern_store" if store else "_pattern"
         if getattr(self, key, None) is None:
-            mats = [self.FT, self.Gd, self.Hq, self.Jq] + ([self.HT, self.Je] if store else [])
-            pat = tuple(((M != 0).cpu().numpy().astype(bool).tobytes(), tuple(M.shape)) for M in mats)
+            pat = pattern_key([self.FT, self.Gd, self.Hq, self.Jq] + ([self.HT, self.Je] if store else []))
             pat += ((b"", (0, 0)),) * (6 - len(pat))
             object.__setattr__(self, key, pat)
         return getattr(self, key)

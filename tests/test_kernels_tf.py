@@ -1,0 +1,141 @@
+"""Tests of the fused Transformer Filter loop :mod:`lqgt.kernels.tf_loop`.
+
+Oracle: :func:`lqgt.simulate`'s torch path (the filter's own ``step``, kernel form) on the
+same standard normals, fed to the kernel through its debug entry; with its own noise, the
+kernel draws exactly :func:`lqgt.kernels.philox_normals`, the numbers of the fused linear
+loop (common random numbers). CPU: Triton's interpreter; GPU tests are marked.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import lqgt
+from lqgt.kernels import philox_normals
+from lqgt.kernels.tf_loop import TFLoop, run_tf_loop
+from lqgt.lqg import _cost_weights
+from lqgt.simulate import _Noise
+
+CUDA = torch.cuda.is_available()
+
+
+def _problem(name):
+    if name == "osc":
+        ex = lqgt.plants.oscillator()
+        p = ex.plant
+        plant = lqgt.Plant(p.A, p.B, p.C, W=p.W, V=p.V, m0=[1.0, -0.5], P0=[[0.5, 0.1], [0.1, 0.3]], dt=p.dt)
+        return plant, ex.Q, ex.R, None
+    ex = lqgt.plants.two_mass()
+    p = ex.plant
+    plant = lqgt.Plant(p.A, p.B, p.C, W=p.W, V=p.V, D=[[0.5], [-0.3]], m0=[0.2, -0.1, 0.0, 0.3], P0=p.P0, dt=p.dt)
+    return plant, ex.Q, ex.R, np.array([[0.05], [-0.02], [0.01], [0.0]])
+
+
+# (problem, filter gets K (closed-loop tokens) or not (u in the tokens), S, beta, window)
+CASES = [("osc", True, None, 5.0, 4), ("osc", False, "whiten", 50.0, 3), ("two_mass", True, "whiten", 1.0, 5)]
+
+
+def _torch_path(case, dt, batch, horizon, burn_in, seed=3):
+    name, with_k, S, beta, H = case
+    plant, Q, R, N = _problem(name)
+    d = lqgt.lqg(plant, Q, R, N)
+    tf = lqgt.TransformerFilter(plant, beta=beta, window=H, K=d.K if with_k else None, S=S)
+    res = lqgt.simulate(plant, d.K, {"tf": tf}, Q=Q, R=R, N=N, horizon=horizon, batch=batch, seed=seed, dtype=dt,
+                        burn_in=burn_in, chunk=horizon, backend="torch", progress=False)
+    noise = _Noise(plant, batch, seed, torch.device("cpu"), dt)
+    e = noise.draw(horizon)
+    loop = TFLoop.build(tf, plant, d.K, noise.Wh_np, noise.Vh_np, _cost_weights(plant, Q, R, N)[3],
+                        torch.device("cpu"), dt)
+    return res, loop, e, noise.x0
+
+
+def _state(loop, x0, dev):
+    B = x0.shape[0]
+    n, m, p, d, r = loop.dims
+    hp = 1 << max(0, loop.window - 1).bit_length()
+    return (x0.to(dev).clone().contiguous(), loop.m0.to(dev).expand(B, n).clone().contiguous(),
+            torch.zeros(d, B, hp, device=dev, dtype=x0.dtype), torch.zeros(B, device=dev, dtype=x0.dtype),
+            torch.empty(0, B, 2 * n + m + p, device=dev, dtype=x0.dtype))
+
+
+def _check(res, cost, out, horizon, burn_in, dt, n, m):
+    rtol = 1e-12 if dt == torch.float64 else 1e-5
+    ref = res.cost_per_trajectory["tf"]
+    per = cost.cpu() / (horizon - burn_in)
+    assert torch.allclose(per, ref, rtol=rtol, atol=rtol * float(ref.abs().max())), float((per - ref).abs().max())
+    sl = {"x": slice(0, n), "x_hat": slice(n, 2 * n), "u": slice(2 * n, 2 * n + m), "y": slice(2 * n + m, None)}
+    for key, s in sl.items():
+        got, want = out[..., s].cpu().transpose(0, 1), getattr(res, key)["tf"]
+        assert torch.allclose(got, want, rtol=rtol, atol=rtol * max(1.0, float(want.abs().max()))), key
+
+
+def _interp():
+    if CUDA:
+        pytest.skip("interpreter tests run on CPU only")
+    os.environ["TRITON_INTERPRET"] = "1"
+    pytest.importorskip("triton")
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-K{c[1]}-S{c[2]}-H{c[4]}")
+@pytest.mark.parametrize("dt", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_interpreter_tf_kernel_equals_torch_path(case, dt):
+    """Fed the torch path's noise, the fused TF loop equals simulate's step loop (chunked, with burn-in,
+    the window wrapping around, D ≠ 0 and cross weights on two_mass, u in the tokens without K)."""
+    _interp()
+    horizon, burn_in, batch = 11, 3, 10
+    res, loop, e, x0 = _torch_path(case, dt, batch, horizon, burn_in)
+    x, h, keys, cost, _ = _state(loop, x0, torch.device("cpu"))
+    n, m, p, d, r = loop.dims
+    out = torch.empty(horizon, batch, 2 * n + m + p, dtype=dt)
+    run_tf_loop(loop, x, h, keys, cost, t0=0, steps=5, lo=burn_in, noise=e[:5], out=out[:5])
+    run_tf_loop(loop, x, h, keys, cost, t0=5, steps=horizon - 5, lo=0, noise=e[5:], out=out[5:])
+    _check(res, cost, out, horizon, burn_in, dt, n, m)
+
+
+def test_interpreter_tf_kernel_draws_the_shared_philox_noise():
+    """With its own noise the TF loop equals itself fed philox_normals (the linear loop's numbers too)."""
+    _interp()
+    res, loop, e, x0 = _torch_path(CASES[2], torch.float64, 6, 7, 0)
+    n, m, p, d, r = loop.dims
+    a, b = _state(loop, x0, torch.device("cpu")), _state(loop, x0, torch.device("cpu"))
+    out_a, out_b = (torch.empty(7, 6, 2 * n + m + p, dtype=torch.float64) for _ in range(2))
+    run_tf_loop(loop, *a[:4], t0=2, steps=7, seed=424242, out=out_a)
+    e = philox_normals(424242, 6, 2, 7, n + p).double()
+    run_tf_loop(loop, *b[:4], t0=2, steps=7, noise=e, out=out_b)
+    assert torch.allclose(out_a, out_b, rtol=1e-6, atol=1e-6) and torch.allclose(a[3], b[3], rtol=1e-6)
+    assert not torch.allclose(out_a[1:], out_a[:-1])  # the noise moves the loop
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-K{c[1]}-S{c[2]}-H{c[4]}")
+@pytest.mark.parametrize("dt", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_gpu_tf_kernel_equals_torch_path(case, dt):
+    horizon, burn_in, batch = 70, 9, 300
+    res, loop, e, x0 = _torch_path(case, dt, batch, horizon, burn_in)
+    dev = torch.device("cuda")
+    loop_c = TFLoop(**{k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in vars(loop).items()})
+    x, h, keys, cost, _ = _state(loop_c, x0, dev)
+    n, m, p, d, r = loop.dims
+    out = torch.empty(horizon, batch, 2 * n + m + p, dtype=dt, device=dev)
+    run_tf_loop(loop_c, x, h, keys, cost, t0=0, steps=horizon, lo=burn_in, noise=e.to(dev), out=out)
+    _check(res, cost, out, horizon, burn_in, dt, n, m)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_gpu_tf_kernel_in_simulate_matches_torch_path_statistically():
+    """backend="triton" with its own noise: the TF's Monte Carlo cost agrees with the torch path's."""
+    plant, Q, R, N = _problem("two_mass")
+    d = lqgt.lqg(plant, Q, R, N)
+    tf = lqgt.TransformerFilter(plant, beta=20.0, window=8, K=d.K)
+    kw = dict(Q=Q, R=R, N=N, horizon=400, batch=1 << 15, device="cuda", burn_in=100, store=False, progress=False)
+    a = lqgt.simulate(plant, d.K, {"tf": tf}, seed=1, backend="triton", **kw)
+    b = lqgt.simulate(plant, d.K, {"tf": tf}, seed=2, backend="torch", **kw)
+    ca, cb = a.cost_per_trajectory["tf"], b.cost_per_trajectory["tf"]
+    se = float((ca.var() / ca.numel() + cb.var() / cb.numel()).sqrt())
+    assert abs(float(ca.mean() - cb.mean())) < 4 * se
