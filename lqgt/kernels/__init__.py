@@ -13,8 +13,13 @@ Triton is optional: :func:`triton_available` says whether the kernels can run.
 
 from __future__ import annotations
 
+from .linear_loop import (
+           LinearLoop,
+           reference_linear_loop,
+           run_linear_loop,
+           triton_available,
+)
 from .philox import philox_normals
-from .linear_loop import LinearLoop, run_linear_loop, reference_linear_loop, triton_available
 from .tf_loop import TFLoop, run_tf_loop
 
 __all__ = ["LinearLoop", "TFLoop", "philox_normals", "reference_linear_loop", "run_linear_loop", "run_tf_loop",

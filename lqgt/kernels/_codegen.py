@@ -23,7 +23,7 @@ def triton_module():
     """The ``triton`` module, or ``None`` without Triton."""
     try:
         import triton
-        import triton.language  # noqa: F401
+        import triton.language
         from triton.language.random import philox  # noqa: F401
     except Exception:  # noqa: BLE001 - any import failure means: no Triton
         return None
@@ -122,3 +122,19 @@ def noise_lines(Q: int, ext: bool, indent: str = "        ") -> list[str]:
 
 HEADER = ["import triton", "import triton.language as tl",
           "from triton.language.random import pair_uniform_to_normal, philox, uint_to_uniform_float", "", ""]
+
+
+def prologue(first_ptr: str) -> list[str]:
+    """Kernel lines after the signature: dtype, this program's trajectories ``rb`` (mask ``bm``,
+    64-bit ``rbl``), integer and float zeros, the cost accumulator."""
+    return [f"    dt = {first_ptr}.dtype.element_ty",
+            "    rb = tl.program_id(0) * BB + tl.arange(0, BB)",
+            "    bm = rb < B",
+            "    rbl = rb.to(tl.int64)",
+            "    zero = rb * 0",
+            "    zero_f = tl.zeros((BB,), dtype=dt)",
+            "    acc = tl.zeros((BB,), dtype=dt)"]
+
+
+#: kernel lines that add the accumulated cost to ``cost_ptr``
+EPILOGUE = ["    old = tl.load(cost_ptr + rb, mask=bm, other=0.0)", "    tl.store(cost_ptr + rb, old + acc, mask=bm)", ""]

@@ -28,8 +28,21 @@ import torch
 
 from .._torch import tensor
 from ..closed_loop import closed_loop
-from ._codegen import (HEADER, column, entries as _entries, hoisted_loads, noise_lines, interpreting as _interpreting, load_kernel,
-                       matvec as _matvec, pattern_key, triton_module as _triton, unpack_pattern)
+from ._codegen import (
+    EPILOGUE,
+    HEADER,
+    column,
+    hoisted_loads,
+    load_kernel,
+    noise_lines,
+    pattern_key,
+    prologue,
+    unpack_pattern,
+)
+from ._codegen import entries as _entries
+from ._codegen import interpreting as _interpreting
+from ._codegen import matvec as _matvec
+from ._codegen import triton_module as _triton
 
 __all__ = ["LinearLoop", "reference_linear_loop", "run_linear_loop", "triton_available"]
 
@@ -53,13 +66,7 @@ def _source(W: int, Q: int, K: int, R: int, store: bool, ext: bool, pattern: tup
          "@triton.jit",
          "def kernel(xi_ptr, cost_ptr, ft_ptr, gd_ptr, hq_ptr, jq_ptr, sg_ptr, ht_ptr, je_ptr, noise_ptr, out_ptr,",
          "           B, t0, c, lo, seed, BB: tl.constexpr):",
-         "    dt = xi_ptr.dtype.element_ty",
-         "    rb = tl.program_id(0) * BB + tl.arange(0, BB)",
-         "    bm = rb < B",
-         "    rbl = rb.to(tl.int64)",
-         "    zero = rb * 0",
-         "    zero_f = tl.zeros((BB,), dtype=dt)",
-         "    acc = tl.zeros((BB,), dtype=dt)"]
+    ] + prologue("xi_ptr")
     L += [f"    x{i} = tl.load(xi_ptr + rb * {W} + {i}, mask=bm, other=0.0)" for i in range(W)]
     L += [f"    s{j} = tl.load(sg_ptr + {j})" for j in range(K)]
     if hoist:
@@ -78,7 +85,7 @@ def _source(W: int, Q: int, K: int, R: int, store: bool, ext: bool, pattern: tup
     L += [f"{ind}y{j} = {col('ft', 'gd', j)}" for j in range(W)]
     L += [f"{ind}x{j} = y{j}" for j in range(W)]
     L += [f"    tl.store(xi_ptr + rb * {W} + {i}, x{i}, mask=bm)" for i in range(W)]
-    L += ["    old = tl.load(cost_ptr + rb, mask=bm, other=0.0)", "    tl.store(cost_ptr + rb, old + acc, mask=bm)", ""]
+    L += EPILOGUE
     return "\n".join(L)
 
 
@@ -138,7 +145,7 @@ class LinearLoop:
 
     @classmethod
     def build(cls, plant, K, gain, form: str, model, Wh: np.ndarray, Vh: np.ndarray, Qz: np.ndarray,
-              device, dtype) -> "LinearLoop":
+              device, dtype) -> LinearLoop:
         """Fold the loop of ``plant`` under ``u = -K x̂`` and a fixed-gain observer with the noise factors.
 
         Parameters
@@ -174,7 +181,7 @@ class LinearLoop:
         sl = cl.slices()
         rows = np.r_[np.arange(sl["x"].start, sl["x"].stop), np.arange(sl["u"].start, sl["u"].stop)]
         U, sign = _quadratic_factor(Qz)
-        t = lambda M: tensor(np.ascontiguousarray(M), device, dtype).contiguous()  # noqa: E731
+        t = lambda M: tensor(np.ascontiguousarray(M), device, dtype).contiguous()
         return cls(FT=t(cl.F.T), Gd=t((cl.G @ S).T), Hq=t(cl.H[rows].T @ U), Jq=t(Sv @ cl.J[rows].T @ U),
                    sign=t(sign), HT=t(cl.H.T), Je=t(Sv @ cl.J.T), m0=t(model.m0), slices=sl)
 

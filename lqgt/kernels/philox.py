@@ -15,7 +15,7 @@ import math
 
 import torch
 
-__all__ = ["philox_normals", "philox4x32"]
+__all__ = ["philox4x32", "philox_normals"]
 
 _M32 = 0xFFFFFFFF
 _KEY_A, _KEY_B = 0x9E3779B9, 0xBB67AE85

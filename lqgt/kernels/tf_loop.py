@@ -29,8 +29,21 @@ import numpy as np
 import torch
 
 from .._torch import tensor
-from ._codegen import (HEADER, column, entries, hoisted_loads, interpreting, load_kernel, matvec, noise_lines,
-                       pattern_key, triton_module, unpack_pattern)
+from ._codegen import (
+    EPILOGUE,
+    HEADER,
+    column,
+    entries,
+    hoisted_loads,
+    interpreting,
+    load_kernel,
+    matvec,
+    noise_lines,
+    pattern_key,
+    prologue,
+    triton_module,
+    unpack_pattern,
+)
 from .linear_loop import _quadratic_factor
 
 __all__ = ["TFLoop", "TritonTFRunner", "run_tf_loop"]
@@ -88,10 +101,10 @@ class TFLoop:
 
     @classmethod
     def build(cls, tf, plant, K: np.ndarray, Wh: np.ndarray, Vh: np.ndarray, Qz: np.ndarray, device,
-              dtype) -> "TFLoop":
+              dtype) -> TFLoop:
         """Collect the loop of ``plant`` under ``u = -K x̃`` with the Transformer Filter ``tf`` (kernel form)."""
         U, sign = _quadratic_factor(Qz)
-        t = lambda M: tensor(np.ascontiguousarray(M, dtype=float), device, dtype).contiguous()  # noqa: E731
+        t = lambda M: tensor(np.ascontiguousarray(M, dtype=float), device, dtype).contiguous()
         beta = min(tf.beta, 1e30) if dtype == torch.float32 else tf.beta
         return cls(at=t(plant.A.T), bt=t(plant.B.T), ct=t(plant.C.T), dt=t(plant.D.T), kt=t(-np.asarray(K).T),
                    wh=t(Wh.T), vh=t(Vh.T), rt=t(tf._S_chol.T), mr=t(tf._M_Rinv.T), uq=t(U), sign=t(sign),
@@ -117,13 +130,7 @@ def _source(n: int, m: int, p: int, d: int, r: int, H: int, exo: bool, store: bo
         "@triton.jit",
         "def kernel(x_ptr, h_ptr, keys_ptr, cost_ptr, " + ", ".join(f"{k}_ptr" for k in _MATS) + ",",
         "           sg_ptr, noise_ptr, out_ptr, B, t0, c, lo, seed, beta, BB: tl.constexpr):",
-        "    dt = x_ptr.dtype.element_ty",
-        "    rb = tl.program_id(0) * BB + tl.arange(0, BB)",
-        "    bm = rb < B",
-        "    rbl = rb.to(tl.int64)",
-        "    zero = rb * 0",
-        "    zero_f = tl.zeros((BB,), dtype=dt)",
-        "    acc = tl.zeros((BB,), dtype=dt)",
+    ] + prologue("x_ptr") + [
         f"    ih = tl.arange(0, {HP})[None, :]",
         f"    kofs = rbl[:, None] * {HP} + ih",
     ]
@@ -172,7 +179,7 @@ def _source(n: int, m: int, p: int, d: int, r: int, H: int, exo: bool, store: bo
     L += [f"    tl.store(x_ptr + rbl * {n} + {i}, x{i}, mask=bm)" for i in range(n)]
     L += [f"    tl.store(h_ptr + rbl * {n} + {i}, h{i}, mask=bm)" for i in range(n)]
     L += [f"    tl.store(keys_ptr + {c} * B * {HP} + kofs, k{c}, mask=bm[:, None])" for c in range(d)]
-    L += ["    old = tl.load(cost_ptr + rb, mask=bm, other=0.0)", "    tl.store(cost_ptr + rb, old + acc, mask=bm)", ""]
+    L += EPILOGUE
     return "\n".join(L)
 
 
