@@ -129,7 +129,7 @@ def _source(n: int, m: int, p: int, d: int, r: int, H: int, exo: bool, store: bo
     L = HEADER + [
         "@triton.jit",
         "def kernel(x_ptr, h_ptr, keys_ptr, cost_ptr, " + ", ".join(f"{k}_ptr" for k in _MATS) + ",",
-        "           sg_ptr, noise_ptr, out_ptr, B, t0, c, lo, seed, beta, BB: tl.constexpr):",
+        "           sg_ptr, beta_ptr, noise_ptr, out_ptr, B, t0, c, lo, seed, BB: tl.constexpr):",
     ] + prologue("x_ptr") + [
         f"    ih = tl.arange(0, {HP})[None, :]",
         f"    kofs = rbl[:, None] * {HP} + ih",
@@ -138,6 +138,7 @@ def _source(n: int, m: int, p: int, d: int, r: int, H: int, exo: bool, store: bo
     L += [f"    h{i} = tl.load(h_ptr + rbl * {n} + {i}, mask=bm, other=0.0)" for i in range(n)]
     L += [f"    k{c} = tl.load(keys_ptr + {c} * B * {HP} + kofs, mask=bm[:, None], other=0.0)" for c in range(d)]
     L += [f"    s{j} = tl.load(sg_ptr + {j})" for j in range(r)]
+    L.append("    beta = tl.load(beta_ptr)  # a tensor of the loop's dtype: a float argument would be float32")
     if hoist:
         L += [line for k, M in pats.items() for line in hoisted_loads(k, M)]
     L.append("    for k in range(c):")
@@ -233,9 +234,10 @@ def run_tf_loop(loop: TFLoop, x: torch.Tensor, h: torch.Tensor, keys: torch.Tens
     kern = _kernel(n, m, p, d, r, loop.window, loop.exogenous, out is not None, noise is not None, loop.pattern(),
                    True)
     grid = (math.ceil(x.shape[0] / block),)
-    kern[grid](x, h, keys, cost, *(getattr(loop, k) for k in _MATS), loop.sign,
+    beta = torch.full((1,), loop.beta, device=x.device, dtype=x.dtype)
+    kern[grid](x, h, keys, cost, *(getattr(loop, k) for k in _MATS), loop.sign, beta,
                noise if noise is not None else x, out if out is not None else x,
-               x.shape[0], int(t0), int(steps), int(lo), int(seed), float(loop.beta), BB=block,
+               x.shape[0], int(t0), int(steps), int(lo), int(seed), BB=block,
                num_warps=max(1, min(8, block // 8)))
 
 
