@@ -140,3 +140,26 @@ def test_gpu_tf_kernel_in_simulate_matches_torch_path_statistically():
     ca, cb = a.cost_per_trajectory["tf"], b.cost_per_trajectory["tf"]
     se = float((ca.var() / ca.numel() + cb.var() / cb.numel()).sqrt())
     assert abs(float(ca.mean() - cb.mean())) < 4 * se
+
+
+def test_without_triton_the_launcher_names_the_cause(monkeypatch):
+    """No Triton: run_tf_loop raises an error that says so and names the way out."""
+    import lqgt.kernels.tf_loop as tl_mod
+
+    monkeypatch.setattr(tl_mod, "triton_module", lambda: None)
+    res, loop, e, x0 = _torch_path(CASES[0], torch.float64, 4, 3, 0)
+    x, h, keys, cost, _ = _state(loop, x0, torch.device("cpu"))
+    with pytest.raises(RuntimeError, match="Triton.*backend='torch'"):
+        run_tf_loop(loop, x, h, keys, cost, t0=0, steps=3, noise=e)
+
+
+def test_backend_triton_off_cuda_falls_back_with_one_warning():
+    """backend="triton" with a Transformer Filter on the CPU: one warning, then the torch path's numbers."""
+    plant, Q, R, N = _problem("osc")
+    d = lqgt.lqg(plant, Q, R, N)
+    tf = lqgt.TransformerFilter(plant, beta=5.0, window=4, K=d.K)
+    kw = dict(Q=Q, R=R, horizon=6, batch=4, seed=2, progress=False)
+    with pytest.warns(RuntimeWarning, match="device is not CUDA.*torch path"):
+        a = lqgt.simulate(plant, d.K, {"tf": tf}, backend="triton", **kw)
+    b = lqgt.simulate(plant, d.K, {"tf": tf}, backend="torch", **kw)
+    assert a.cost == b.cost

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -191,7 +190,7 @@ class LinearLoop:
         if getattr(self, key, None) is None:
             pat = pattern_key([self.FT, self.Gd, self.Hq, self.Jq] + ([self.HT, self.Je] if store else []))
             pat += ((b"", (0, 0)),) * (6 - len(pat))
-            object.__setattr__(self, key, pat)
+            setattr(self, key, pat)
         return getattr(self, key)
 
     @property
@@ -266,11 +265,10 @@ def run_linear_loop(loop: LinearLoop, xi: torch.Tensor, cost: torch.Tensor, *, t
     out : torch.Tensor of shape (steps, B, 2n + m + p), optional
         Where to write ``[x; x̂; u; y]``; ``None``: nothing is stored.
     block : int, optional
-        Trajectories per program (power of two; one per thread; default 128 or
-        ``$LQGT_KERNEL_BLOCK``).
+        Trajectories per program (power of two; one per thread; default 128).
     hoist : bool, optional
         Load the matrix entries into registers once, before the time loop (default: when
-        they are few, or ``$LQGT_KERNEL_HOIST``), instead of reading them (cached) every step.
+        they are few), instead of reading them (cached) every step.
 
     Raises
     ------
@@ -284,11 +282,10 @@ def run_linear_loop(loop: LinearLoop, xi: torch.Tensor, cost: torch.Tensor, *, t
     store = out is not None
     pattern = loop.pattern(store)
     if hoist is None:
-        env = os.environ.get("LQGT_KERNEL_HOIST", "")
         nnz = sum(int(np.frombuffer(p, dtype=bool).sum()) for p, _ in pattern if p)
-        hoist = env == "1" if env in ("0", "1") else nnz * (2 if xi.dtype == torch.float64 else 1) <= 128
+        hoist = nnz * (2 if xi.dtype == torch.float64 else 1) <= 128
     if block is None:
-        block = 16 if _interpreting() else int(os.environ.get("LQGT_KERNEL_BLOCK", "128"))
+        block = 16 if _interpreting() else 128
     if noise is not None:
         noise = noise.to(device=xi.device, dtype=xi.dtype).contiguous()
     kern = _kernel(W, Q, K, R, store, noise is not None, pattern, bool(hoist))

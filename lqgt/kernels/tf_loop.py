@@ -120,11 +120,13 @@ class TFLoop:
         return pattern_key([getattr(self, k) for k in _MATS])
 
 
-def _source(n: int, m: int, p: int, d: int, r: int, H: int, exo: bool, store: bool, ext: bool, pattern: tuple,
-            hoist: bool) -> str:
-    """Triton source of the fused Transformer Filter loop for one shape, window and sparsity pattern."""
+def _source(n: int, m: int, p: int, d: int, r: int, H: int, exo: bool, store: bool, ext: bool, pattern: tuple) -> str:
+    """Triton source of the fused Transformer Filter loop for one shape, window and sparsity pattern.
+
+    The matrix entries are loaded into registers once, before the time loop.
+    """
     pats = dict(zip(_MATS, pattern))
-    ent = {k: entries(k, M, hoist) for k, M in pats.items()}
+    ent = {k: entries(k, M, hoist=True) for k, M in pats.items()}
     HP, ind, Q = _p2(H), "        ", n + p
     L = HEADER + [
         "@triton.jit",
@@ -139,19 +141,15 @@ def _source(n: int, m: int, p: int, d: int, r: int, H: int, exo: bool, store: bo
     L += [f"    k{c} = tl.load(keys_ptr + {c} * B * {HP} + kofs, mask=bm[:, None], other=0.0)" for c in range(d)]
     L += [f"    s{j} = tl.load(sg_ptr + {j})" for j in range(r)]
     L.append("    beta = tl.load(beta_ptr)  # a tensor of the loop's dtype: a float argument would be float32")
-    if hoist:
-        L += [line for k, M in pats.items() for line in hoisted_loads(k, M)]
+    L += [line for k, M in pats.items() for line in hoisted_loads(k, M)]
     L.append("    for k in range(c):")
     L += noise_lines(Q, ext, ind)
     L += [f"{ind}u{j} = {matvec(column(ent['kt'], 'h', j))}" for j in range(m)]
     L += [f"{ind}v{j} = {matvec([(f'e{n + q}', e) for (q, jj), e in ent['vh'].items() if jj == j])}" for j in range(p)]
-    L += [f"{ind}y{j} = {matvec(column(ent['ct'], 'x', j) + column(ent['dt'], 'u', j) + [('v' + str(j), '1.0')])}"
-          for j in range(p)]
+    L += [f"{ind}y{j} = {matvec(column(ent['ct'], 'x', j) + column(ent['dt'], 'u', j))} + v{j}" for j in range(p)]
     # cost of z = [x; u]: rows of uq for x, then for u
-    xu = {(i, j): e for (i, j), e in ent["uq"].items()}
     for j in range(r):
-        terms = [(f"x{i}", e) for (i, jj), e in xu.items() if jj == j and i < n]
-        terms += [(f"u{i - n}", e) for (i, jj), e in xu.items() if jj == j and i >= n]
+        terms = [(f"x{i}" if i < n else f"u{i - n}", e) for (i, jj), e in ent["uq"].items() if jj == j]
         L.append(f"{ind}r{j} = {matvec(terms)}")
     L.append(f"{ind}acc += tl.where(k >= lo, " + " + ".join(f"s{j} * r{j} * r{j}" for j in range(r)) + ", 0.0)")
     if store:
@@ -173,8 +171,7 @@ def _source(n: int, m: int, p: int, d: int, r: int, H: int, exo: bool, store: bo
     L.append(f"{ind}wsum = tl.sum(wgt, axis=1)")
     L += [f"{ind}a{c} = tl.sum(wgt * k{c}, axis=1) / wsum" for c in range(d)]
     L += [f"{ind}w{i} = {matvec(column(ent['wh'], 'e', i))}" for i in range(n)]
-    L += [f"{ind}xn{i} = {matvec(column(ent['at'], 'x', i) + column(ent['bt'], 'u', i) + [('w' + str(i), '1.0')])}"
-          for i in range(n)]
+    L += [f"{ind}xn{i} = {matvec(column(ent['at'], 'x', i) + column(ent['bt'], 'u', i))} + w{i}" for i in range(n)]
     L += [f"{ind}h{i} = {matvec(column(ent['mr'], 'a', i))}" for i in range(n)]
     L += [f"{ind}x{i} = xn{i}" for i in range(n)]
     L += [f"    tl.store(x_ptr + rbl * {n} + {i}, x{i}, mask=bm)" for i in range(n)]
@@ -185,8 +182,8 @@ def _source(n: int, m: int, p: int, d: int, r: int, H: int, exo: bool, store: bo
 
 
 @functools.lru_cache(maxsize=32)
-def _kernel(n, m, p, d, r, H, exo, store, ext, pattern, hoist):
-    return load_kernel(_source(n, m, p, d, r, H, exo, store, ext, unpack_pattern(pattern), hoist), "tf_loop")
+def _kernel(n, m, p, d, r, H, exo, store, ext, pattern):
+    return load_kernel(_source(n, m, p, d, r, H, exo, store, ext, unpack_pattern(pattern)), "tf_loop")
 
 
 def run_tf_loop(loop: TFLoop, x: torch.Tensor, h: torch.Tensor, keys: torch.Tensor, cost: torch.Tensor, *,
@@ -231,8 +228,7 @@ def run_tf_loop(loop: TFLoop, x: torch.Tensor, h: torch.Tensor, keys: torch.Tens
         block = 8 if interpreting() else 32
     if noise is not None:
         noise = noise.to(device=x.device, dtype=x.dtype).contiguous()
-    kern = _kernel(n, m, p, d, r, loop.window, loop.exogenous, out is not None, noise is not None, loop.pattern(),
-                   True)
+    kern = _kernel(n, m, p, d, r, loop.window, loop.exogenous, out is not None, noise is not None, loop.pattern())
     grid = (math.ceil(x.shape[0] / block),)
     beta = torch.full((1,), loop.beta, device=x.device, dtype=x.dtype)
     kern[grid](x, h, keys, cost, *(getattr(loop, k) for k in _MATS), loop.sign, beta,
