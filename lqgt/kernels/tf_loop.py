@@ -102,7 +102,29 @@ class TFLoop:
     @classmethod
     def build(cls, tf, plant, K: np.ndarray, Wh: np.ndarray, Vh: np.ndarray, Qz: np.ndarray, device,
               dtype) -> TFLoop:
-        """Collect the loop of ``plant`` under ``u = -K x̃`` with the Transformer Filter ``tf`` (kernel form)."""
+        """Collect the loop of ``plant`` under ``u = -K x̃`` with the Transformer Filter ``tf`` (kernel form).
+
+        Parameters
+        ----------
+        tf : TransformerFilter
+            The filter (its model, ``M``, ``S``, β and window; ``impl="kernel"``).
+        plant : Plant
+            The true (linear) plant.
+        K : numpy.ndarray, shape (m, n)
+            The loop's feedback gain.
+        Wh, Vh : numpy.ndarray, shapes (n, n), (p, p)
+            Square roots of the true process and measurement noise covariances.
+        Qz : numpy.ndarray, shape (n + m, n + m)
+            Cost weight of ``[x; u]`` (cross weight included).
+        device : torch.device
+            Device of the matrices.
+        dtype : torch.dtype
+            Their dtype.
+
+        Returns
+        -------
+        TFLoop
+        """
         U, sign = _quadratic_factor(Qz)
         t = lambda M: tensor(np.ascontiguousarray(M, dtype=float), device, dtype).contiguous()
         beta = min(tf.beta, 1e30) if dtype == torch.float32 else tf.beta
