@@ -56,3 +56,18 @@ def free(device: str | torch.device) -> None:
     gc.collect()
     if torch.device(device).type == "cuda":
         torch.cuda.empty_cache()
+
+
+def measure_device(dtype: torch.dtype) -> tuple[float, float]:
+    """Measured memory bandwidth (bytes/s, a 4 GiB device copy) and matmul peak (flop/s) on CUDA."""
+    a = torch.empty(1 << 29, device="cuda", dtype=torch.float64)  # 4 GiB
+    b = torch.empty_like(a)
+    el, _ = timed(lambda: b.copy_(a), "cuda", 3)
+    bw = 2 * a.numel() * 8 / el
+    del a, b
+    prev = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    x = torch.randn(8192, 8192, device="cuda", dtype=dtype)
+    el, _ = timed(lambda: x @ x, "cuda", 3)
+    torch.backends.cuda.matmul.allow_tf32 = prev
+    return bw, 2 * 8192 ** 3 / el

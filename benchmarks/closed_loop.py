@@ -42,7 +42,7 @@ import time
 
 import numpy as np
 import torch
-from _common import ints, timed
+from _common import ints, measure_device, timed
 
 import lqgt
 from lqgt._linalg import psd_sqrt
@@ -212,21 +212,6 @@ def run_lqgt(pb: Problem, device: str, dtype: torch.dtype, batch: int, steps: in
 
 
 # ----------------------------------------------------------------------------- roofline
-def measure_device(dtype: torch.dtype) -> tuple[float, float]:
-    """Measured memory bandwidth (bytes/s, a 4 GiB device copy) and matmul peak (flop/s) on CUDA."""
-    a = torch.empty(1 << 29, device="cuda", dtype=torch.float64)  # 4 GiB
-    b = torch.empty_like(a)
-    el, _ = timed(lambda: b.copy_(a), "cuda", 3)
-    bw = 2 * a.numel() * 8 / el
-    del a, b
-    prev = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    x = torch.randn(8192, 8192, device="cuda", dtype=dtype)
-    el, _ = timed(lambda: x @ x, "cuda", 3)
-    torch.backends.cuda.matmul.allow_tf32 = prev
-    return bw, 2 * 8192 ** 3 / el
-
-
 def step_costs(pb: Problem) -> dict:
     """Bytes and flops per trajectory-step (per element size ``s`` in bytes for the byte counts).
 

@@ -5,12 +5,14 @@ dtype and batch size B the script times three closed loops, each one
 ``lqgt.simulate(..., store=False)`` call on the same noise (same seed):
 
 * ``kalman``   : Kalman predictor, ``u = -K x̂`` (the fused linear recursion): the reference;
-* ``tf-kernel``: Transformer Filter, ``impl="kernel"`` (Gaussian-kernel form, ring buffers);
+* ``tf-kernel``: Transformer Filter, ``impl="kernel"`` (Gaussian-kernel form, ring buffers),
+  on the torch path (``backend="torch"``);
 * ``tf-attn``  : Transformer Filter, ``impl="attention"`` (the explicit attention block
-  on the quadratic embedding, with a key/value cache);
+  on the quadratic embedding, with a key/value cache), torch path;
 * ``tf-fused`` (``--fused``, CUDA): the kernel form as one fused Triton kernel
   (``simulate(..., backend="triton")``, :mod:`lqgt.kernels.tf_loop`; its own Philox noise,
-  so its cost differs from the others by Monte Carlo error only).
+  the same numbers as the fused ``kalman`` column, so at a large β the two costs are equal;
+  against the torch-path columns they differ by Monte Carlo error only).
 
 On CUDA the ``kalman`` reference itself runs lqgt's fused linear kernel from 10⁴
 trajectories on (``backend="auto"``).
@@ -38,13 +40,16 @@ import math
 import platform
 
 import torch
-from _common import free, is_oom, timed
+from _common import free, is_oom, measure_device, timed
 
 import lqgt
 
 #: default horizon per batch size when --horizon is not given (steps; ≥ 2H so the window is full most of the run)
 DEFAULT_HORIZON = {1_000: 256, 10_000: 128, 100_000: 64, 1_000_000: 64}
 IMPLS = ("kernel", "attention")
+#: simulate's backend per column: the Kalman reference as a user gets it, the TF columns on the torch
+#: path (which "auto" would replace by the fused kernel on CUDA), the fused column on the kernel
+BACKEND = {"kalman": "auto", "tf-fused": "triton"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -64,6 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fused", action="store_true", help="also time the fused Triton TF kernel (CUDA)")
+    ap.add_argument("--roofline", action="store_true",
+                    help="after the table, compare the CUDA rates with the card's measured bandwidth and flop peak")
     ap.add_argument("--compile", action="store_true",
                     help="also time each TF implementation with compile=True (torch.compile of the step core)")
     return ap.parse_args(argv)
@@ -71,10 +78,50 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def time_loop(plant, Q, R, K, est, *, batch, horizon, dev, dtype, repeats, seed, backend="auto"):
     """Warm up, then time ``simulate(store=False)``; return (best seconds, cost) or raise."""
-    common = dict(Q=Q, R=R, batch=batch, seed=seed, device=dev, dtype=dtype, store=False, backend=backend)
+    common = dict(Q=Q, R=R, batch=batch, seed=seed, device=dev, dtype=dtype, store=False, backend=backend,
+                  progress=False)
     lqgt.simulate(plant, K, {"e": est}, horizon=min(horizon, 8), **common)  # warm-up
     best, res = timed(lambda: lqgt.simulate(plant, K, {"e": est}, horizon=horizon, **common), dev, repeats, best=True)
     return best, res.cost["e"]
+
+
+def tf_step_costs(n: int, m: int, p: int, H: int, exogenous: bool = False) -> dict:
+    """Flops and bytes per trajectory-step of the Transformer Filter loop (kernel form, dense counts).
+
+    Token ``d = n + p (+ m)``. Attention over the ``H`` slots: distances ``3dH`` (subtract,
+    multiply, add), ``H`` exponentials (counted as one flop each; they run on the special
+    function units), the weight sum ``H`` and the weighted keys ``2dH``, normalisation ``d``.
+    The linear parts: ``u`` ``2nm``, ``y`` ``2(n+m)p``, the noise maps ``2(n²+p²)``, the key
+    ``2d²``, the value map ``2dn``, the plant ``2n(n+m)``, the cost ``≈ 2(n+m)² + 3(n+m)``.
+    Bytes: the fused kernel keeps the window in registers (~0 per step); the torch path must
+    at least read the ``d×H`` window twice (distances, weighted sum) and write and read the
+    ``H`` weights: ``2dH + 2H`` elements, a lower bound on its traffic.
+    """
+    d = n + p + (m if exogenous else 0)
+    k = n + m
+    attn = 3 * d * H + H + H + 2 * d * H + d
+    lin = 2 * n * m + 2 * k * p + 2 * (n * n + p * p) + 2 * d * d + 2 * d * n + 2 * n * k + 2 * k * k + 3 * k
+    return dict(flops=attn + lin, exps=H, torch_elems=2 * d * H + 2 * H)
+
+
+def roofline(rows: list[tuple], costs: dict) -> None:
+    """Print each CUDA Transformer Filter rate against the card's measured limits (bandwidth and matmul
+    peak, this run; the Kalman loop's roofline is in ``closed_loop.py``)."""
+    print("\n=== roofline (per trajectory-step; limits measured in this run) ===")
+    for dname in sorted({r[1] for r in rows}):
+        dt = getattr(torch, dname)
+        s = torch.finfo(dt).bits // 8
+        bw, peak = measure_device(dt)
+        flop_bound = peak / costs["flops"]
+        mem_bound = bw / (costs["torch_elems"] * s)
+        print(f"{dname}: copy bandwidth {bw / 1e12:.2f} TB/s, matmul peak {peak / 1e12:.1f} TFLOP/s; "
+              f"{costs['flops']} flop/traj-step ({costs['exps']} exp) -> flop limit {flop_bound:.3g} traj-steps/s; "
+              f"torch path moves >= {costs['torch_elems'] * s} B/traj-step -> memory limit {mem_bound:.3g}; "
+              "fused kernel: ~0 B/traj-step")
+        for dev_name, dn, B, name, rate in rows:
+            if dn == dname and math.isfinite(rate):
+                print(f"  {name:<10} B={B:<8} {rate:.3g} traj-steps/s = {rate / flop_bound:.3f} of the flop limit, "
+                      f"{rate / mem_bound:.2f} x the torch path's memory limit")
 
 
 def fmt_rate(r: float) -> str:
@@ -106,6 +153,7 @@ def main(argv=None) -> None:
         "  ".join(f"{c + '/kal':>14}" for c in cols[1:]) + "  " + "  ".join(f"{'J ' + c:>12}" for c in cols)
     print(head)
     print("-" * len(head))
+    cuda_rows = []
     for dev_name in devices:
         dev = torch.device(dev_name)
         if dev.type == "cuda" and not torch.cuda.is_available():
@@ -132,7 +180,7 @@ def main(argv=None) -> None:
                     try:
                         sec, cost = time_loop(plant, Q, R, K, est, batch=B, horizon=T, dev=dev, dtype=dtype,
                                               repeats=args.repeats, seed=args.seed,
-                                              backend="triton" if name == "tf-fused" else "auto")
+                                              backend=BACKEND.get(name, "torch"))
                         rates[name], costs[name] = B * T / sec, cost
                     except Exception as exc:  # noqa: BLE001 - one failed configuration must not end the table
                         if not is_oom(exc):
@@ -149,6 +197,10 @@ def main(argv=None) -> None:
                 line += "  ".join(f"{costs[c]:12.6g}" if isinstance(costs[c], float) and math.isfinite(costs[c])
                                   else f"{'-':>12}" for c in cols)
                 print(line, flush=True)
+                if dev.type == "cuda":
+                    cuda_rows += [(dev_name, dt_name, B, c, rates[c]) for c in cols if c.startswith("tf-")]
+    if args.roofline and cuda_rows:
+        roofline(cuda_rows, tf_step_costs(plant.n, plant.m, plant.p, args.window))
 
 
 if __name__ == "__main__":

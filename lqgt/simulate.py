@@ -457,8 +457,11 @@ def simulate(
         n = 8; ``AUTO_TRITON_MIN_BATCH``, ``AUTO_TRITON_MAX_TERMS``), else the torch path
         (a missing Triton warns once per process). ``"torch"``: always the
         torch path (the numbers of earlier lqgt versions). The Transformer Filter (kernel
-        form) also has a fused kernel; it runs only with ``"triton"`` (experimental: tested
-        through Triton's interpreter, not yet on a GPU).
+        form) has a fused kernel too (:mod:`lqgt.kernels.tf_loop`, same Philox noise):
+        ``"triton"`` runs it at any size, ``"auto"`` under the same conditions while its window
+        fits in registers (token width × window rounded up to a power of two at most
+        ``AUTO_TRITON_MAX_WINDOW_CELLS`` = 1024; e.g. ``two_mass`` up to H = 128); every
+        estimator of the call must have a fused kernel for either to run.
 
     Returns
     -------
@@ -513,7 +516,8 @@ def simulate(
     kinds = [_fused_kind(est) for est in estimators.values()]
     plain = linear and dist is None and outliers is None and bool(noise) and Kmat is not None
     use_triton = _use_triton(backend, dev, plain and all(k is not None for k in kinds),
-                             batch, _loop_terms(plant, store), auto_ok=all(k == "linear" for k in kinds))
+                             batch, _loop_terms(plant, store),
+                             auto_ok=all(_auto_fused(est, k) for est, k in zip(estimators.values(), kinds)))
     runners = {
         name: _make_runner(plant, linear, Kmat, policy, est, noise_src, Qz_np, dev, dt, min(chunk, horizon), store,
                            fused_ok=linear and dist is None, triton=use_triton)
@@ -599,9 +603,24 @@ def _loop_terms(plant, store: bool) -> int:
     return (w + q) * (w + k + (w + m + p if store else 0))
 
 
+#: ``backend="auto"`` runs the fused Transformer Filter only while its window fits in registers:
+#: ``d × H'`` (token width times the window rounded up to a power of two) at most this
+AUTO_TRITON_MAX_WINDOW_CELLS = 1024
+
+
+def _auto_fused(est, kind: str | None) -> bool:
+    """Whether ``backend="auto"`` may run ``est`` in its fused kernel ``kind``."""
+    if kind == "linear":
+        return True
+    if kind == "tf":
+        d = est._S_chol.shape[0]  # token width
+        return d * (1 << max(0, int(est.window) - 1).bit_length()) <= AUTO_TRITON_MAX_WINDOW_CELLS
+    return False
+
+
 def _fused_kind(est) -> str | None:
     """Which fused kernel can run ``est``: ``"linear"`` (a fixed gain), ``"tf"`` (the Transformer Filter's
-    kernel form; ``backend="triton"`` only, until verified on a GPU) or ``None``."""
+    kernel form) or ``None``."""
     lin = getattr(est, "linear_gain", None)
     if callable(lin) and lin() is not None:
         return "linear"

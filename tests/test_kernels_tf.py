@@ -163,3 +163,40 @@ def test_backend_triton_off_cuda_falls_back_with_one_warning():
         a = lqgt.simulate(plant, d.K, {"tf": tf}, backend="triton", **kw)
     b = lqgt.simulate(plant, d.K, {"tf": tf}, backend="torch", **kw)
     assert a.cost == b.cost
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_gpu_auto_runs_both_kernels_on_common_noise():
+    """backend="auto" with 1e4 trajectories runs the Kalman filter and the TF in their fused kernels
+    (the numbers of backend="triton", not of the torch path) on the same Philox noise: at a large β the
+    TF is the Kalman predictor, and the two costs agree far inside the Monte Carlo error."""
+    plant, Q, R, N = _problem("two_mass")
+    d = lqgt.lqg(plant, Q, R, N)
+    ests = {"kf": lqgt.KalmanFilter(plant, form="predictor"), "tf": lqgt.TransformerFilter(plant, beta=1e4, window=32, K=d.K)}
+    kw = dict(Q=Q, R=R, N=N, horizon=300, batch=10_000, seed=5, device="cuda", dtype=torch.float64, progress=False)
+    auto = lqgt.simulate(plant, d.K, ests, store=True, **kw)
+    fused = lqgt.simulate(plant, d.K, ests, store=True, backend="triton", **kw)
+    torch_path = lqgt.simulate(plant, d.K, ests, store=False, backend="torch", **kw)
+    assert auto.cost == fused.cost and torch.equal(auto.x["tf"], fused.x["tf"])
+    assert auto.cost["tf"] != torch_path.cost["tf"]
+    assert not torch.allclose(auto.x["tf"][:, 1:], auto.x["tf"][:, :-1])  # the noise moves the loop
+    assert torch.equal(auto.x["tf"][:, 0], auto.x["kf"][:, 0])  # one x0 draw for both
+    half = (auto.cost_ci["kf"][1] - auto.cost_ci["kf"][0]) / 2
+    assert abs(auto.cost["tf"] - auto.cost["kf"]) < 1e-3 * half
+
+
+def test_auto_takes_the_tf_kernel_only_while_the_window_fits():
+    """The rule of backend="auto" for the Transformer Filter: d × H' window cells within the limit."""
+    from lqgt.simulate import AUTO_TRITON_MAX_WINDOW_CELLS, _auto_fused, _fused_kind
+
+    plant, Q, R, N = _problem("two_mass")  # d = n + p = 6 (closed-loop tokens), 7 with u
+    K = lqgt.lqg(plant, Q, R, N).K
+    small = lqgt.TransformerFilter(plant, beta=5.0, window=32, K=K)
+    big = lqgt.TransformerFilter(plant, beta=5.0, window=AUTO_TRITON_MAX_WINDOW_CELLS // 4, K=K)
+    attn = lqgt.TransformerFilter(plant, beta=5.0, window=8, K=K, impl="attention")
+    assert _fused_kind(small) == "tf" and _auto_fused(small, "tf")
+    assert _fused_kind(big) == "tf" and not _auto_fused(big, "tf")  # 6 × 256 cells
+    assert _fused_kind(attn) is None and not _auto_fused(attn, None)
+    kf = lqgt.KalmanFilter(plant, form="predictor")
+    assert _fused_kind(kf) == "linear" and _auto_fused(kf, "linear")

@@ -6,7 +6,7 @@
   estimate in registers for the whole horizon, noise drawn in the kernel, per-trajectory
   cost accumulated in registers), its torch reference and the launcher ``run_linear_loop``.
 - :mod:`lqgt.kernels.tf_loop`: the fused Transformer Filter closed loop (kernel form; the
-  window in register tiles), launcher ``run_tf_loop`` (experimental: ``backend="triton"``).
+  window in register tiles), launcher ``run_tf_loop``, default launch shape ``launch_shape``.
 
 Triton is optional: :func:`triton_available` says whether the kernels can run.
 """

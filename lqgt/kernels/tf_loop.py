@@ -46,7 +46,7 @@ from ._codegen import (
 )
 from .linear_loop import _quadratic_factor
 
-__all__ = ["TFLoop", "TritonTFRunner", "run_tf_loop"]
+__all__ = ["TFLoop", "TritonTFRunner", "launch_shape", "run_tf_loop"]
 
 _MATS = ("at", "bt", "ct", "dt", "kt", "wh", "vh", "rt", "mr", "uq")
 
@@ -174,12 +174,6 @@ def _source(n: int, m: int, p: int, d: int, r: int, H: int, exo: bool, store: bo
         terms = [(f"x{i}" if i < n else f"u{i - n}", e) for (i, jj), e in ent["uq"].items() if jj == j]
         L.append(f"{ind}r{j} = {matvec(terms)}")
     L.append(f"{ind}acc += tl.where(k >= lo, " + " + ".join(f"s{j} * r{j} * r{j}" for j in range(r)) + ", 0.0)")
-    if store:
-        R = 2 * n + m + p
-        L.append(f"{ind}orow = (k * B + rbl) * {R}")
-        cols = [f"x{i}" for i in range(n)] + [f"h{i}" for i in range(n)] + [f"u{j}" for j in range(m)] + \
-               [f"y{j}" for j in range(p)]
-        L += [f"{ind}tl.store(out_ptr + orow + {j}, {v}, mask=bm)" for j, v in enumerate(cols)]
     # token z = [x̃; y] (; u), whitened key q = z R'
     z = [f"h{i}" for i in range(n)] + [f"y{j}" for j in range(p)] + ([f"u{j}" for j in range(m)] if exo else [])
     for c in range(d):
@@ -194,7 +188,16 @@ def _source(n: int, m: int, p: int, d: int, r: int, H: int, exo: bool, store: bo
     L += [f"{ind}a{c} = tl.sum(wgt * k{c}, axis=1) / wsum" for c in range(d)]
     L += [f"{ind}w{i} = {matvec(column(ent['wh'], 'e', i))}" for i in range(n)]
     L += [f"{ind}xn{i} = {matvec(column(ent['at'], 'x', i) + column(ent['bt'], 'u', i))} + w{i}" for i in range(n)]
-    L += [f"{ind}h{i} = {matvec(column(ent['mr'], 'a', i))}" for i in range(n)]
+    L += [f"{ind}hn{i} = {matvec(column(ent['mr'], 'a', i))}" for i in range(n)]
+    if store:
+        # the stores come last in the step: placed before the attention, Triton 3.6's layout pass
+        # fails on small n ("operand does not dominate this use")
+        R = 2 * n + m + p
+        L.append(f"{ind}orow = (k * B + rbl) * {R}")
+        cols = [f"x{i}" for i in range(n)] + [f"h{i}" for i in range(n)] + [f"u{j}" for j in range(m)] + \
+               [f"y{j}" for j in range(p)]
+        L += [f"{ind}tl.store(out_ptr + orow + {j}, {v}, mask=bm)" for j, v in enumerate(cols)]
+    L += [f"{ind}h{i} = hn{i}" for i in range(n)]
     L += [f"{ind}x{i} = xn{i}" for i in range(n)]
     L += [f"    tl.store(x_ptr + rbl * {n} + {i}, x{i}, mask=bm)" for i in range(n)]
     L += [f"    tl.store(h_ptr + rbl * {n} + {i}, h{i}, mask=bm)" for i in range(n)]
@@ -208,9 +211,21 @@ def _kernel(n, m, p, d, r, H, exo, store, ext, pattern):
     return load_kernel(_source(n, m, p, d, r, H, exo, store, ext, unpack_pattern(pattern)), "tf_loop")
 
 
+def launch_shape(window: int, itemsize: int) -> tuple[int, int]:
+    """Default ``(block, num_warps)`` of the fused TF loop: 4 warps, each holding about 64 bytes per
+    thread of every key tile (``trajectories per warp × H' × itemsize = 2048``, between 2 and 32).
+
+    Measured on an H200 (two_mass, batch 1e6, H = 32): float32 is fastest at 16 trajectories per
+    warp (8.4–8.7e9 trajectory-steps/s whether 1, 2 or 4 warps; 6.2e9 at 8 per warp), float64 at 8
+    (1.47e9); more per warp spills the window out of registers (0.3–0.5e9).
+    """
+    per_warp = min(32, max(2, 2048 // (_p2(window) * int(itemsize))))
+    return 4 * per_warp, 4
+
+
 def run_tf_loop(loop: TFLoop, x: torch.Tensor, h: torch.Tensor, keys: torch.Tensor, cost: torch.Tensor, *,
                 t0: int, steps: int, lo: int = 0, seed: int = 0, noise: torch.Tensor | None = None,
-                out: torch.Tensor | None = None, block: int | None = None) -> None:
+                out: torch.Tensor | None = None, block: int | None = None, num_warps: int | None = None) -> None:
     """Launch the fused Transformer Filter loop for steps ``t0 .. t0 + steps - 1`` (in place).
 
     Parameters
@@ -236,7 +251,9 @@ def run_tf_loop(loop: TFLoop, x: torch.Tensor, h: torch.Tensor, keys: torch.Tens
     out : torch.Tensor of shape (steps, B, 2n + m + p), optional
         Where to write ``[x; x̃; u; y]`` per step.
     block : int, optional
-        Trajectories per program (default 32; 8 in Triton's interpreter).
+        Trajectories per program (default :func:`launch_shape`; 8 in Triton's interpreter).
+    num_warps : int, optional
+        Warps per program (default :func:`launch_shape`).
 
     Raises
     ------
@@ -246,8 +263,9 @@ def run_tf_loop(loop: TFLoop, x: torch.Tensor, h: torch.Tensor, keys: torch.Tens
     if triton_module() is None:
         raise RuntimeError("lqgt.kernels needs Triton (pip install triton); use backend='torch'")
     n, m, p, d, r = loop.dims
+    auto_block, auto_warps = launch_shape(loop.window, x.element_size())
     if block is None:
-        block = 8 if interpreting() else 32
+        block = 8 if interpreting() else auto_block
     if noise is not None:
         noise = noise.to(device=x.device, dtype=x.dtype).contiguous()
     kern = _kernel(n, m, p, d, r, loop.window, loop.exogenous, out is not None, noise is not None, loop.pattern())
@@ -256,7 +274,7 @@ def run_tf_loop(loop: TFLoop, x: torch.Tensor, h: torch.Tensor, keys: torch.Tens
     kern[grid](x, h, keys, cost, *(getattr(loop, k) for k in _MATS), loop.sign, beta,
                noise if noise is not None else x, out if out is not None else x,
                x.shape[0], int(t0), int(steps), int(lo), int(seed), BB=block,
-               num_warps=max(1, min(8, block // 8)))
+               num_warps=num_warps or auto_warps)
 
 
 class TritonTFRunner:
