@@ -167,14 +167,15 @@ def test_backend_triton_off_cuda_falls_back_with_one_warning():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
-def test_gpu_auto_runs_both_kernels_on_common_noise():
-    """backend="auto" with 1e4 trajectories runs the Kalman filter and the TF in their fused kernels
-    (the numbers of backend="triton", not of the torch path) on the same Philox noise: at a large β the
-    TF is the Kalman predictor, and the two costs agree far inside the Monte Carlo error."""
+@pytest.mark.parametrize("batch", [256, 10_000])
+def test_gpu_auto_runs_both_kernels_on_common_noise(batch):
+    """backend="auto" with a TF in the call runs the Kalman filter and the TF in their fused kernels at
+    any batch size (the numbers of backend="triton", not of the torch path) on the same Philox noise: at
+    a large β the TF is the Kalman predictor, and the two costs agree far inside the Monte Carlo error."""
     plant, Q, R, N = _problem("two_mass")
     d = lqgt.lqg(plant, Q, R, N)
     ests = {"kf": lqgt.KalmanFilter(plant, form="predictor"), "tf": lqgt.TransformerFilter(plant, beta=1e4, window=32, K=d.K)}
-    kw = dict(Q=Q, R=R, N=N, horizon=300, batch=10_000, seed=5, device="cuda", dtype=torch.float64, progress=False)
+    kw = dict(Q=Q, R=R, N=N, horizon=300, batch=batch, seed=5, device="cuda", dtype=torch.float64, progress=False)
     auto = lqgt.simulate(plant, d.K, ests, store=True, **kw)
     fused = lqgt.simulate(plant, d.K, ests, store=True, backend="triton", **kw)
     torch_path = lqgt.simulate(plant, d.K, ests, store=False, backend="torch", **kw)
@@ -200,3 +201,26 @@ def test_auto_takes_the_tf_kernel_only_while_the_window_fits():
     assert _fused_kind(attn) is None and not _auto_fused(attn, None)
     kf = lqgt.KalmanFilter(plant, form="predictor")
     assert _fused_kind(kf) == "linear" and _auto_fused(kf, "linear")
+
+
+def test_auto_fuses_any_batch_with_a_tf_and_from_1e4_without(monkeypatch):
+    """simulate hands _use_triton the batch threshold of its estimators: 1 with a Transformer Filter in
+    the call (its fused loop is faster at every size), AUTO_TRITON_MIN_BATCH for fixed-gain loops only."""
+    import importlib
+
+    sim = importlib.import_module("lqgt.simulate")  # the module (lqgt.simulate is also the function)
+    seen = []
+
+    def spy(backend, dev, applies, batch=0, terms=0, auto_ok=True, min_batch=sim.AUTO_TRITON_MIN_BATCH):
+        seen.append((applies, auto_ok, min_batch))
+        return False
+
+    monkeypatch.setattr(sim, "_use_triton", spy)
+    plant, Q, R, N = _problem("osc")
+    K = lqgt.lqg(plant, Q, R, N).K
+    kf, tf = lqgt.KalmanFilter(plant), lqgt.TransformerFilter(plant, beta=5.0, window=4, K=K)
+    kw = dict(Q=Q, R=R, horizon=3, batch=4, seed=0, progress=False)
+    lqgt.simulate(plant, K, {"kf": kf, "tf": tf}, **kw)
+    lqgt.simulate(plant, K, {"kf": kf}, **kw)
+    assert seen == [(True, True, sim.AUTO_TRITON_TF_MIN_BATCH), (True, True, sim.AUTO_TRITON_MIN_BATCH)]
+    assert sim.AUTO_TRITON_TF_MIN_BATCH == 1 < sim.AUTO_TRITON_MIN_BATCH
