@@ -64,13 +64,17 @@ class ClosedLoop:
 
     def slices(self) -> dict[str, slice]:
         """Row slices of ``H``/``J`` for ``x``, ``x_hat``, ``u``, ``y``."""
-        n, m, p = self.n, self.m, self.p
-        return {
-            "x": slice(0, n),
-            "x_hat": slice(n, 2 * n),
-            "u": slice(2 * n, 2 * n + m),
-            "y": slice(2 * n + m, 2 * n + m + p),
-        }
+        return output_slices(self.n, self.m, self.p)
+
+
+def output_slices(n: int, m: int, p: int) -> dict[str, slice]:
+    """Slices of ``x``, ``x_hat``, ``u``, ``y`` in the stacked output ``[x; x̂; u; y]`` (length 2n + m + p)."""
+    return {
+        "x": slice(0, n),
+        "x_hat": slice(n, 2 * n),
+        "u": slice(2 * n, 2 * n + m),
+        "y": slice(2 * n + m, 2 * n + m + p),
+    }
 
 
 def closed_loop(plant: "Plant", K: np.ndarray, gain: np.ndarray, form: str, model: "Plant | None" = None) -> ClosedLoop:

@@ -269,6 +269,11 @@ class _Noise:
         else:
             self.x0 = m0.expand(batch, -1).clone()
 
+    @property
+    def kernel_seed(self) -> int:
+        """The Philox key of the fused kernels (the generator's seed, in ``[0, 2**63)``)."""
+        return int(self.gen.initial_seed()) & ((1 << 63) - 1)
+
     def draw(self, c: int) -> torch.Tensor:
         """Return standard normals ``e`` ``(c, B, n + p)`` (contiguous; zeros without noise)."""
         if not self.enabled:
@@ -619,8 +624,9 @@ def _auto_fused(est, kind: str | None) -> bool:
     if kind == "linear":
         return True
     if kind == "tf":
-        d = est._S_chol.shape[0]  # token width
-        return d * (1 << max(0, int(est.window) - 1).bit_length()) <= AUTO_TRITON_MAX_WINDOW_CELLS
+        from .kernels.tf_loop import _p2  # the kernel's window slots
+
+        return est._S_chol.shape[0] * _p2(est.window) <= AUTO_TRITON_MAX_WINDOW_CELLS  # token width × slots
     return False
 
 

@@ -231,6 +231,8 @@ def test_mimo_lqg_input_and_output_and_unstable_closed_loop():
     for at in ("input", "output"):
         multi = lqgt.disk_margins((plant, design), at=at)
         lat = lqgt.disk_margins((plant, design), at=at, kind="loop-at-a-time")
+        same = lqgt.disk_margins(lqgt.loop_transfer(plant, design, at=at))  # (plant, design) forms this loop
+        assert multi.at == at and multi.alpha == pytest.approx(same.alpha, rel=1e-12)
         assert multi.stable and 0 < multi.alpha <= lat.alpha * (1 + 1e-9)
         assert multi.alpha <= lat.loop_alpha.min() * (1 + 1e-9)
         assert 0 < multi.omega_worst <= math.pi / plant.dt

@@ -182,19 +182,3 @@ def test_data_and_callable_inputs_and_named_errors():
         disk_margins(resp)
     with pytest.raises(ConfigError, match="L must be"):
         disk_margins("L")
-
-
-def test_mimo_lqg_pair_input_and_output():
-    """(plant, design) forms the loop at the input or the output; multi ≤ every loop-at-a-time margin."""
-    rng = np.random.default_rng(0)
-    A = np.array([[1.02, 0.1, 0.0], [0.0, 0.95, 0.2], [0.05, 0.0, 0.9]])
-    plant = lqgt.Plant(A=A, B=rng.normal(size=(3, 2)), C=rng.normal(size=(2, 3)), W=0.1 * np.eye(3),
-                       V=0.1 * np.eye(2), dt=0.1)
-    design = lqgt.lqg(plant, np.eye(3), np.eye(2))
-    for at in ("input", "output"):
-        multi = disk_margins((plant, design), at=at)
-        lat = disk_margins((plant, design), at=at, kind="loop-at-a-time")
-        same = disk_margins(lqgt.loop_transfer(plant, design, at=at))
-        assert multi.at == at and multi.alpha == pytest.approx(same.alpha, rel=1e-12)
-        assert multi.stable and 0 < multi.alpha <= lat.loop_alpha.min() * (1 + 1e-9)
-        assert 0 < multi.omega_worst <= math.pi / plant.dt

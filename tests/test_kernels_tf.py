@@ -224,3 +224,18 @@ def test_auto_fuses_any_batch_with_a_tf_and_from_1e4_without(monkeypatch):
     lqgt.simulate(plant, K, {"kf": kf}, **kw)
     assert seen == [(True, True, sim.AUTO_TRITON_TF_MIN_BATCH), (True, True, sim.AUTO_TRITON_MIN_BATCH)]
     assert sim.AUTO_TRITON_TF_MIN_BATCH == 1 < sim.AUTO_TRITON_MIN_BATCH
+
+
+def test_launch_shape_keeps_64_bytes_of_each_key_tile_per_thread_and_names_bad_input():
+    """4 warps of 32 threads; trajectories per warp × H' × itemsize = 2048 bytes (clamped to 2..32)."""
+    from lqgt.errors import ConfigError
+    from lqgt.kernels.tf_loop import launch_shape
+
+    for H, size in [(32, 4), (32, 8), (8, 8), (128, 4), (100, 4), (5, 8)]:
+        block, warps = launch_shape(H, size)
+        hp = 1 << (H - 1).bit_length()
+        assert warps == 4 and (block // warps) * hp * size == 2048, (H, size)
+    assert launch_shape(1, 4) == (128, 4) and launch_shape(2048, 8) == (8, 4)  # clamped at 32 and 2 per warp
+    for bad in [(0, 4), (32, 0)]:
+        with pytest.raises(ConfigError, match="window >= 1 and itemsize >= 1"):
+            launch_shape(*bad)

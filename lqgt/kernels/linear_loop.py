@@ -307,7 +307,7 @@ class TritonRunner:
     def __init__(self, plant, Kmat, form, lin, noise, Qz_np, dev, dt, store):
         gain, model = lin
         self.loop = LinearLoop.build(plant, Kmat, gain, form, model, noise.Wh_np, noise.Vh_np, Qz_np, dev, dt)
-        self.seed = int(noise.gen.initial_seed()) & ((1 << 63) - 1)
+        self.seed = noise.kernel_seed
         B = noise.batch
         self.xi = torch.empty(B, 2 * plant.n, device=dev, dtype=dt)
         self.xi[:, :plant.n] = noise.x0

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 
 from .._torch import tensor
+from ..closed_loop import output_slices
+from ..errors import ConfigError
 from ._codegen import (
     EPILOGUE,
     HEADER,
@@ -212,13 +214,33 @@ def _kernel(n, m, p, d, r, H, exo, store, ext, pattern):
 
 
 def launch_shape(window: int, itemsize: int) -> tuple[int, int]:
-    """Default ``(block, num_warps)`` of the fused TF loop: 4 warps, each holding about 64 bytes per
-    thread of every key tile (``trajectories per warp × H' × itemsize = 2048``, between 2 and 32).
+    """Default launch shape of the fused TF loop: 4 warps, each holding about 64 bytes per thread of
+    every key tile (``trajectories per warp × H' × itemsize = 2048``, between 2 and 32).
 
     Measured on an H200 (two_mass, batch 1e6, H = 32): float32 is fastest at 16 trajectories per
     warp (8.4–8.7e9 trajectory-steps/s whether 1, 2 or 4 warps; 6.2e9 at 8 per warp), float64 at 8
     (1.47e9); more per warp spills the window out of registers (0.3–0.5e9).
+
+    Parameters
+    ----------
+    window : int
+        The filter's window ``H`` (steps, ≥ 1); the kernel holds ``H'``, ``H`` rounded up to a
+        power of two, slots per token coordinate.
+    itemsize : int
+        Bytes per element of the loop's dtype (4 for float32, 8 for float64).
+
+    Returns
+    -------
+    block, num_warps : int
+        Trajectories per program and warps per program.
+
+    Raises
+    ------
+    ConfigError
+        ``window`` below 1 or ``itemsize`` not a positive integer.
     """
+    if int(window) < 1 or int(itemsize) < 1:
+        raise ConfigError(f"launch_shape needs window >= 1 and itemsize >= 1, got window={window}, itemsize={itemsize}")
     per_warp = min(32, max(2, 2048 // (_p2(window) * int(itemsize))))
     return 4 * per_warp, 4
 
@@ -285,12 +307,12 @@ class TritonTFRunner:
 
     def __init__(self, plant, Kmat, tf, noise, Qz_np, dev, dt, store):
         self.loop = TFLoop.build(tf, plant, Kmat, noise.Wh_np, noise.Vh_np, Qz_np, dev, dt)
-        self.seed = int(noise.gen.initial_seed()) & ((1 << 63) - 1)
+        self.seed = noise.kernel_seed
         B, n = noise.batch, plant.n
         self.x = noise.x0.clone().contiguous()
         self.h = self.loop.m0.expand(B, n).clone().contiguous()
         self.keys = torch.zeros(self.loop.rt.shape[0], B, _p2(self.loop.window), device=dev, dtype=dt)
-        self.n, self.m, self.p = n, plant.m, plant.p
+        self.slices = output_slices(n, plant.m, plant.p)
         self.store = store
         self.diverged_at = None
 
@@ -300,13 +322,9 @@ class TritonTFRunner:
         cost = torch.zeros(B, device=self.x.device, dtype=self.x.dtype)
         out = None
         if self.store:
-            out = torch.empty(c, B, 2 * self.n + self.m + self.p, device=self.x.device, dtype=self.x.dtype)
+            out = torch.empty(c, B, self.slices["y"].stop, device=self.x.device, dtype=self.x.dtype)
         run_tf_loop(self.loop, self.x, self.h, self.keys, cost, t0=t0, steps=c, lo=lo, seed=self.seed, out=out)
         if self.diverged_at is None and not bool(torch.isfinite(self.x).all()):
             self.diverged_at = t0 + c
-        traj = None
-        if out is not None:
-            n, m = self.n, self.m
-            sl = {"x": slice(0, n), "x_hat": slice(n, 2 * n), "u": slice(2 * n, 2 * n + m), "y": slice(2 * n + m, None)}
-            traj = {key: out[..., s] for key, s in sl.items()}
+        traj = None if out is None else {key: out[..., s] for key, s in self.slices.items()}
         return (cost if lo < c else None), traj
