@@ -64,10 +64,10 @@ class ClosedLoop:
 
     def slices(self) -> dict[str, slice]:
         """Row slices of ``H``/``J`` for ``x``, ``x_hat``, ``u``, ``y``."""
-        return output_slices(self.n, self.m, self.p)
+        return _output_slices(self.n, self.m, self.p)
 
 
-def output_slices(n: int, m: int, p: int) -> dict[str, slice]:
+def _output_slices(n: int, m: int, p: int) -> dict[str, slice]:
     """Slices of ``x``, ``x_hat``, ``u``, ``y`` in the stacked output ``[x; x̂; u; y]`` (length 2n + m + p)."""
     return {
         "x": slice(0, n),

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .._torch import tensor
-from ..closed_loop import output_slices
+from ..closed_loop import _output_slices
 from ..errors import ConfigError
 from ._codegen import (
     EPILOGUE,
@@ -312,7 +312,7 @@ class TritonTFRunner:
         self.x = noise.x0.clone().contiguous()
         self.h = self.loop.m0.expand(B, n).clone().contiguous()
         self.keys = torch.zeros(self.loop.rt.shape[0], B, _p2(self.loop.window), device=dev, dtype=dt)
-        self.slices = output_slices(n, plant.m, plant.p)
+        self.slices = _output_slices(n, plant.m, plant.p)
         self.store = store
         self.diverged_at = None
 
